@@ -1,0 +1,5 @@
+import sys
+
+from zoology.cli import main
+
+sys.exit(main())

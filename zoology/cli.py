@@ -1,0 +1,230 @@
+"""The ``zoology`` command. User errors become one-line messages and exit code 2;
+a run that fails is recorded in its run directory and makes the exit code 1."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import textwrap
+import traceback
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from zoology.errors import UserError
+from zoology.plugins import Component, get_registry
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*map(str, r)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# -- run / validate ------------------------------------------------------------------------
+
+
+def _result_line(summary: dict[str, Any], run_dir: Any) -> str:
+    status = summary.get("status")
+    parts = [f"{summary.get('experiment')}/{summary.get('run_id')}: {status}"]
+    best = summary.get("best") or {}
+    metric = summary.get("select_metric", "valid/accuracy")
+    if metric in best:
+        parts.append(f"{metric} {best[metric]:.4f} (epoch {best.get('epoch')})")
+    test = summary.get("test") or {}
+    if "test/accuracy" in test:
+        parts.append(f"test/accuracy {test['test/accuracy']:.4f}")
+    if "epochs" in summary:
+        parts.append(f"{summary['epochs']} epochs, {summary.get('wall_time_s')} s, "
+                     f"{summary.get('train_steps_per_s')} steps/s")
+    if "error" in summary:
+        parts.append(summary["error"])
+    return " · ".join(parts) + f" → {run_dir}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from zoology.config import load_experiments
+    from zoology.runs import SUMMARY, RunDir
+    from zoology.train import train
+
+    experiments = load_experiments(args.experiment, args.set)
+    failed = 0
+    for exp in experiments:
+        run_dir = RunDir(args.out, exp.name, exp.run_id)
+        if run_dir.status() == "done" and not args.rerun:
+            print(f"{exp.name}/{exp.run_id}: already done, skipped (--rerun to train again) → {run_dir}")
+            continue
+        try:
+            summary = train(exp, run_dir, quiet=args.quiet)
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            failed += 1
+            run_dir.write_text("error.log", traceback.format_exc())
+            summary = {"status": "failed", "experiment": exp.name, "run_id": exp.run_id,
+                       "error": f"{type(exc).__name__}: {exc} (see error.log)"}
+            run_dir.write_json(SUMMARY, summary)
+        if summary.get("processes", 1) == 1 or _is_main():
+            print(_result_line(summary, run_dir), flush=True)
+    if len(experiments) > 1:
+        print(f"{len(experiments)} runs, {failed} failed")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _is_main() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    import torch
+
+    from zoology.config import load_experiments
+    from zoology.model import LanguageModel
+
+    for exp in load_experiments(args.experiment, args.set):
+        with torch.device("meta"):
+            model = LanguageModel(exp)
+        print(f"{exp.name}/{exp.run_id}: ok · {model.num_parameters():,} parameters · state size "
+              f"{model.state_size(exp.max_seq_len):,} at length {exp.max_seq_len}")
+    return EXIT_OK
+
+
+# -- listing -------------------------------------------------------------------------------
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    reg = get_registry()
+    infos = list(reg.plugins.values())
+    if args.json:
+        print(json.dumps([attrs.asdict(i) for i in infos], indent=2))
+        return EXIT_OK
+    rows = [[i.name, i.distribution or "-", i.version or "-", ", ".join(i.components) or "-",
+             f"FAILED: {i.error}" if i.error else "ok"] for i in infos]
+    print(_table(rows, ["plugin", "distribution", "version", "registers", "status"]))
+    return EXIT_OK
+
+
+def _list(kind: str, args: argparse.Namespace) -> int:
+    comps = get_registry().components(kind)
+    if args.json:
+        print(json.dumps([{"name": c.name, "plugin": c.plugin, "version": c.version, "doc": c.doc}
+                          for c in comps], indent=2))
+        return EXIT_OK
+    print(_table([[c.name, c.plugin, c.doc] for c in comps], [kind, "plugin", "description"]))
+    return EXIT_OK
+
+
+def _params_table(comp: Component) -> str:
+    rows = [[p.name, p.type, "(required)" if p.required else repr(p.default), p.doc] for p in comp.params]
+    return _table(rows, ["parameter", "type", "default", "description"]) if rows else "(no parameters)"
+
+
+def show_task(comp: Component) -> str:
+    from zoology.tasks.base import IGNORE_INDEX
+
+    cls = comp.cls
+    params = {**getattr(cls, "example", {}), "num_examples": 2}
+    task = cls(**params)
+    seg = task.generate(0)
+    lines = [f"task {comp.name} (plugin {comp.plugin})", "", inspect.cleandoc(cls.__doc__ or ""), "",
+             _params_table(comp), "",
+             f"two examples with {', '.join(f'{k}={v}' for k, v in params.items())} "
+             "(scored positions as [input → label]):"]
+    for i in range(len(seg)):
+        toks = []
+        for t, lab in zip(seg.inputs[i].tolist(), seg.labels[i].tolist()):
+            word = task.decode(t)
+            toks.append(f"[{word}→{task.decode(lab)}]" if lab != IGNORE_INDEX else word)
+        lines.append(textwrap.fill(" ".join(toks), width=100, initial_indent=f"  {i + 1}: ",
+                                   subsequent_indent="     "))
+    return "\n".join(lines)
+
+
+def show_mixer(comp: Component) -> str:
+    import torch
+
+    cls = comp.cls
+    lines = [f"mixer {comp.name} (plugin {comp.plugin})", "", inspect.cleandoc(cls.__doc__ or ""), "",
+             _params_table(comp), ""]
+    state_doc = inspect.getdoc(getattr(cls, "state_size", None)) or "(not documented)"
+    lines.append(f"state size: {state_doc}")
+    try:
+        with torch.device("meta"):
+            accepted = inspect.signature(cls.__init__).parameters
+            ctx = {"d_model": 128, "layer_idx": 0, "n_layers": 2, "max_seq_len": 64, "vocab_size": 256}
+            mixer = cls(**{k: v for k, v in ctx.items() if k in accepted})
+        lines.append(f"  e.g. d_model=128, seq_len=64, defaults: {mixer.state_size(64):,} scalars per layer")
+    except Exception as exc:  # a mixer whose defaults do not build at this size
+        lines.append(f"  (example not available: {exc})")
+    return "\n".join(lines)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    comp = get_registry().get(args.kind, args.name)
+    print(show_task(comp) if args.kind == "task" else show_mixer(comp))
+    return EXIT_OK
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoology", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def experiment_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("experiment", type=Path, help="experiment TOML file")
+        p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a key (value in TOML syntax), e.g. --set train.learning_rate=3e-4")
+
+    p = sub.add_parser("run", help="train every run an experiment file describes")
+    experiment_args(p)
+    p.add_argument("--out", type=Path, default=Path("runs"), help="root of run directories (default ./runs)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--rerun", action="store_true", help="train again runs whose summary says done")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="load an experiment and build its model, train nothing")
+    experiment_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plugins", help="installed plugins and what they register")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+    for kind in ("task", "mixer"):
+        p = sub.add_parser(f"{kind}s", help=f"registered {kind}s")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=lambda a, kind=kind: _list(kind, a))
+
+    p = sub.add_parser("show", help="parameters and docs of one task or mixer")
+    p.add_argument("kind", choices=["task", "mixer"])
+    p.add_argument("name")
+    p.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""An experiment as attrs classes, the strict cattrs converter, and TOML in and out.
+
+Loading is strict: an unknown key, a wrong type, a missing field or an invalid value is
+an error naming the file and the dotted key path, and all errors of a file are reported
+together. ``task = "..."`` and mixer ``name = "..."`` select registered components whose
+parameters are structured into their own schema.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+import tomli
+import tomli_w
+from cattrs.errors import AttributeValidationNote, ForbiddenExtraKeysError, IterableValidationNote
+from cattrs.gen import make_dict_structure_fn
+
+from zoology.errors import ConfigError, FieldError, UserError
+from zoology.plugins import CONTEXT_ARGS, Registry, UnknownComponent, get_registry
+from zoology.tasks.base import Task, at_least, between
+
+# -- the experiment ------------------------------------------------------------------------
+
+
+def _one_or_many(doc: str, **kwargs: Any) -> Any:
+    """A list field that also accepts a single table in TOML."""
+    return attrs.field(metadata={"doc": doc, "one_or_many": True}, **kwargs)
+
+
+def _non_empty(inst: Any, attribute: attrs.Attribute, value: list) -> None:
+    if not value:
+        raise FieldError(attribute.name, "must hold at least one table")
+
+
+@attrs.frozen
+class MixerSpec:
+    """A registered mixer by name with its resolved constructor arguments."""
+
+    name: str
+    params: dict[str, Any] = attrs.Factory(dict)
+    cls: type | None = attrs.field(default=None, eq=False, repr=False)
+
+    def build(self, **context: Any) -> Any:
+        """Instantiate, passing the context arguments the constructor declares."""
+        cls = self.cls or get_registry().get("mixer", self.name).cls
+        accepted = inspect.signature(cls.__init__).parameters
+        ctx = {k: v for k, v in context.items() if k in accepted}
+        return cls(**ctx, **self.params)
+
+
+@attrs.frozen
+class DataConfig:
+    train: list[Task] = _one_or_many("training segments", validator=_non_empty)
+    test: list[Task] = _one_or_many("test segments (validation uses the same specs, other seeds)",
+                                    validator=_non_empty)
+    batch_size: int = attrs.field(default=32, validator=at_least(1))
+    eval_batch_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(at_least(1)))
+    seed: int = 123
+
+
+@attrs.frozen
+class ModelConfig:
+    sequence_mixer: list[MixerSpec] = _one_or_many("mixer table(s), cycled over layers",
+                                                   validator=_non_empty)
+    state_mixer: list[MixerSpec] = _one_or_many(
+        "state mixer table(s), cycled over layers",
+        factory=lambda: [MixerSpec("mlp", {"hidden_mult": 4.0})],
+        validator=_non_empty,
+    )
+    d_model: int = attrs.field(default=128, validator=at_least(1))
+    n_layers: int = attrs.field(default=2, validator=at_least(1))
+    vocab_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(at_least(2)))
+    max_position_embeddings: int = attrs.field(default=0, validator=at_least(0))
+    embed_dropout: float = attrs.field(default=0.0, validator=between(0.0, 0.99))
+    resid_dropout: float = attrs.field(default=0.0, validator=between(0.0, 0.99))
+
+
+METRIC_NAMES = ("valid/accuracy", "valid/loss")
+
+
+def _metric(inst: Any, attribute: attrs.Attribute, value: str) -> None:
+    if value not in METRIC_NAMES and not (value.startswith("valid/") and value.endswith(("/accuracy", "/loss"))):
+        raise FieldError(attribute.name, f"must be one of {', '.join(METRIC_NAMES)} or a per-slice "
+                                         f"metric like valid/num_kv_pairs=4/accuracy, got {value!r}")
+
+
+@attrs.frozen
+class EarlyStopping:
+    metric: str = attrs.field(default="valid/accuracy", validator=_metric)
+    threshold: float = 0.99
+
+
+@attrs.frozen
+class TrainConfig:
+    max_epochs: int = attrs.field(default=64, validator=at_least(1))
+    learning_rate: float = attrs.field(default=1e-3, validator=between(0.0, 10.0))
+    weight_decay: float = attrs.field(default=0.1, validator=at_least(0.0))
+    warmup_steps: int = attrs.field(default=0, validator=at_least(0))
+    max_grad_norm: float | None = None
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_accumulation_steps: int = attrs.field(default=1, validator=at_least(1))
+    seed: int = 0
+    select_metric: str = attrs.field(default="valid/accuracy", validator=_metric)
+    early_stopping: EarlyStopping | None = None
+
+
+@attrs.frozen
+class WandbConfig:
+    project: str
+    entity: str | None = None
+    mode: Literal["online", "offline", "disabled"] | None = None
+    tags: list[str] = attrs.Factory(list)
+
+
+@attrs.frozen
+class LoggingConfig:
+    wandb: WandbConfig | None = None
+
+
+@attrs.frozen
+class Experiment:
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig = attrs.Factory(TrainConfig)
+    logging: LoggingConfig = attrs.Factory(LoggingConfig)
+    name: str = "experiment"
+    run_id: str = "default"
+
+    @property
+    def vocab_size(self) -> int:
+        """What the data needs: the largest vocabulary of any segment."""
+        return max(t.vocab_size for t in [*self.data.train, *self.data.test])
+
+    @property
+    def max_seq_len(self) -> int:
+        return max(t.input_seq_len for t in [*self.data.train, *self.data.test])
+
+
+# -- the converter -------------------------------------------------------------------------
+
+
+def _strict(tp: type) -> Any:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+    def structure(value: Any, _: Any) -> Any:
+        ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)  # an integer literal where a float is wanted loses nothing
+        if not ok:
+            raise TypeError(f"must be {names[tp]}, got {type(value).__name__} {value!r}")
+        return value
+
+    return structure
+
+
+def _literal(tp: Any) -> Any:
+    allowed = typing.get_args(tp)
+
+    def structure(value: Any, _: Any) -> Any:
+        if value not in allowed or isinstance(value, bool):
+            raise ValueError(f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+
+    return structure
+
+
+def make_converter(registry: Registry | None = None) -> cattrs.Converter:
+    """The strict converter; ``registry`` resolves task and mixer names (default: installed)."""
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    for tp in (int, float, bool, str):
+        conv.register_structure_hook(tp, _strict(tp))
+    conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is Literal, _literal)
+
+    def attrs_factory(cl: type) -> Any:
+        base = make_dict_structure_fn(cl, conv, _cattrs_forbid_extra_keys=True)
+        wrap = [f.name for f in attrs.fields(cl) if f.metadata.get("one_or_many")]
+
+        def structure(value: Any, _: Any) -> Any:
+            if not isinstance(value, dict):
+                raise TypeError(f"must be a table, got {type(value).__name__} {value!r}")
+            value = {k: [v] if k in wrap and isinstance(v, dict) else v for k, v in value.items()}
+            return base(value, cl)
+
+        return structure
+
+    conv.register_structure_hook_factory(attrs.has, attrs_factory)
+
+    def component(kind: str, key: str, value: Any) -> tuple[Any, dict[str, Any]]:
+        if not isinstance(value, dict):
+            raise TypeError(f"must be a table with a `{key}` key, got {type(value).__name__} {value!r}")
+        value = dict(value)
+        reg = registry or get_registry()
+        if key not in value:
+            raise FieldError(key, f"missing: which {kind} (available: {', '.join(reg.names(kind))})")
+        name = value.pop(key)
+        if not isinstance(name, str):
+            raise FieldError(key, f"must be a string naming a {kind}, got {name!r}")
+        try:
+            return reg.get(kind, name), value
+        except UnknownComponent as exc:
+            raise FieldError(key, str(exc)) from None
+
+    def structure_task(value: Any, _: Any) -> Task:
+        comp, params = component("task", "task", value)
+        return conv.structure(params, comp.cls)
+
+    def structure_mixer(value: Any, _: Any) -> MixerSpec:
+        comp, params = component("mixer", "name", value)
+        for key in params:
+            if key in CONTEXT_ARGS:
+                raise FieldError(key, "is filled in by the model (from [model] and the data); "
+                                      "remove it from the mixer table")
+        resolved = conv.structure(params, comp.params_cls)
+        return MixerSpec(comp.name, attrs.asdict(resolved), comp.cls)
+
+    conv.register_structure_hook_func(lambda t: t is Task, structure_task)
+    conv.register_structure_hook_func(lambda t: t is MixerSpec, structure_mixer)
+    conv.register_unstructure_hook(Task, lambda t: {"task": t.name, **conv.unstructure(t.params())})
+    conv.register_unstructure_hook_func(
+        lambda t: isinstance(t, type) and issubclass(t, Task), lambda t: {"task": t.name, **t.params()}
+    )
+    conv.register_unstructure_hook(MixerSpec, lambda m: {"name": m.name, **m.params})
+    return conv
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _allowed(cl: type) -> list[str]:
+    return [f.name for f in attrs.fields(cl)] if attrs.has(cl) else []
+
+
+def flatten_errors(exc: BaseException, path: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted path, message) for every leaf error of a cattrs validation error tree."""
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            sub_path = path
+            for note in getattr(sub, "__notes__", []):
+                if isinstance(note, IterableValidationNote):
+                    sub_path = _join(sub_path, note.index)
+                elif isinstance(note, AttributeValidationNote):
+                    sub_path = _join(sub_path, note.name)
+            yield from flatten_errors(sub, sub_path)
+    elif isinstance(exc, ForbiddenExtraKeysError):
+        allowed = _allowed(exc.cl)
+        for key in sorted(exc.extra_fields):
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            yield _join(path, key), f"unknown key; {hint}allowed: {', '.join(allowed)}"
+    elif isinstance(exc, KeyError):
+        yield path, "missing required key"
+    elif isinstance(exc, FieldError):
+        yield _join(path, exc.field), exc.message
+    else:
+        yield path, str(exc)
+
+
+# -- loading and dumping -------------------------------------------------------------------
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [("", f"TOML syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}")]) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.path=value`` with the value in TOML syntax (a bare word is taken as a string)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text!r}: expected KEY.PATH=VALUE")
+    try:
+        value = tomli.loads(f"v = {raw.strip()}")["v"]
+    except tomli.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.0.c`` in nested tables/arrays, creating tables as needed."""
+    node: Any = tree
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"{dotted}: {'.'.join(parts[:i]) or 'root'} has no item {part}")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise UserError(f"{dotted}: {'.'.join(parts[:i])} is not a table")
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and part not in node:
+                node[part] = {}
+            node = node[part]
+
+
+def structure_experiment(raw: dict[str, Any], source: str, registry: Registry | None = None) -> Experiment:
+    """dict → Experiment, strictly, with every problem reported at once as a ConfigError."""
+    conv = make_converter(registry)
+    try:
+        exp = conv.structure(raw, Experiment)
+    except Exception as exc:
+        if not isinstance(exc, (BaseExceptionGroup, ValueError, TypeError, KeyError)):
+            raise
+        raise ConfigError(source, list(flatten_errors(exc))) from None
+    problems = list(_check_model(exp))
+    if problems:
+        raise ConfigError(source, problems)
+    if exp.model.vocab_size is None:
+        exp = attrs.evolve(exp, model=attrs.evolve(exp.model, vocab_size=exp.vocab_size))
+    return exp
+
+
+def _check_model(exp: Experiment) -> Iterator[tuple[str, str]]:
+    """Checks that need the whole experiment: vocabulary and each mixer's own validation."""
+    import torch
+
+    m = exp.model
+    if m.vocab_size is not None and m.vocab_size < exp.vocab_size:
+        yield "model.vocab_size", f"must be >= {exp.vocab_size}, the largest vocab_size in [data], got {m.vocab_size}"
+    if 0 < m.max_position_embeddings < exp.max_seq_len:
+        yield ("model.max_position_embeddings",
+               f"must be 0 (none) or >= the longest input_seq_len {exp.max_seq_len}, got {m.max_position_embeddings}")
+    for key, specs in (("sequence_mixer", m.sequence_mixer), ("state_mixer", m.state_mixer)):
+        for i, spec in enumerate(specs[: m.n_layers]):
+            path = f"model.{key}" + (f"[{i}]" if len(specs) > 1 else "")
+            try:
+                with torch.device("meta"):
+                    spec.build(**mixer_context(exp, layer_idx=i))
+            except FieldError as exc:
+                yield _join(path, exc.field), exc.message
+            except (ValueError, TypeError, AssertionError) as exc:
+                yield path, f"{spec.name} rejects these arguments: {exc}"
+
+
+def mixer_context(exp: Experiment, layer_idx: int) -> dict[str, Any]:
+    """The context arguments the model passes to every mixer constructor."""
+    return {
+        "d_model": exp.model.d_model,
+        "layer_idx": layer_idx,
+        "n_layers": exp.model.n_layers,
+        "max_seq_len": exp.max_seq_len,
+        "vocab_size": exp.model.vocab_size or exp.vocab_size,
+    }
+
+
+def load_experiments(
+    path: str | Path, overrides: list[str] = (), registry: Registry | None = None
+) -> list[Experiment]:
+    """Every experiment a TOML file describes (one per sweep point), validated up front."""
+    from zoology.sweep import expand
+
+    raw = read_toml(path)
+    for text in overrides:
+        set_path(raw, *parse_override(text))
+    raw.setdefault("name", Path(path).stem)
+    experiments, problems = [], []
+    for run_raw in expand(raw, str(path)):
+        try:
+            experiments.append(structure_experiment(run_raw, str(path), registry))
+        except ConfigError as exc:
+            prefix = f"run {run_raw['run_id']}: " if "sweep" in raw else ""
+            problems += [(p, prefix + m) for p, m in exc.problems]
+    if problems:
+        raise ConfigError(str(path), list(dict.fromkeys(problems)))
+    return experiments
+
+
+def load_experiment(path: str | Path, overrides: list[str] = (), registry: Registry | None = None) -> Experiment:
+    """The one experiment of a TOML file without a sweep."""
+    exps = load_experiments(path, overrides, registry)
+    if len(exps) != 1:
+        raise UserError(f"{path}: describes {len(exps)} runs (a sweep); use load_experiments")
+    return exps[0]
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def to_dict(exp: Experiment) -> dict[str, Any]:
+    """The experiment as plain TOML-ready data, every default filled in."""
+    return _drop_none(make_converter().unstructure(exp))
+
+
+def dump_experiment(exp: Experiment) -> str:
+    return tomli_w.dumps(to_dict(exp))

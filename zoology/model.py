@@ -1,0 +1,89 @@
+"""The language model every experiment trains: a stack of mixer blocks with a tied head.
+
+    tokens [B, L] → embed (+ learned positions) → n_layers × Block → LayerNorm → logits [B, L, V]
+    Block: x = x + mixer(norm1(x)); x = x + state_mixer(norm2(x))        (pre-norm residual)
+
+Mixer tables cycle over layers, so `[a, b]` with 4 layers gives a, b, a, b.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from zoology.config import Experiment, MixerSpec, mixer_context
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, sequence_mixer: nn.Module, state_mixer: nn.Module, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.sequence_mixer = sequence_mixer
+        self.norm2 = nn.LayerNorm(d_model)
+        self.state_mixer = state_mixer
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] → [B, L, D]
+        x = x + self.dropout(self.sequence_mixer(self.norm1(x)))
+        return x + self.dropout(self.state_mixer(self.norm2(x)))
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, exp: Experiment) -> None:
+        super().__init__()
+        cfg = exp.model
+        vocab_size = cfg.vocab_size or exp.vocab_size
+        self.token_embedding = nn.Embedding(vocab_size, cfg.d_model)
+        self.position_embedding = (
+            nn.Embedding(cfg.max_position_embeddings, cfg.d_model) if cfg.max_position_embeddings else None
+        )
+        self.embed_dropout = nn.Dropout(cfg.embed_dropout)
+
+        def pick(specs: list[MixerSpec], i: int) -> nn.Module:
+            return specs[i % len(specs)].build(**mixer_context(exp, layer_idx=i))
+
+        self.blocks = nn.ModuleList(
+            Block(cfg.d_model, pick(cfg.sequence_mixer, i), pick(cfg.state_mixer, i), cfg.resid_dropout)
+            for i in range(cfg.n_layers)
+        )
+        self.norm_f = nn.LayerNorm(cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.lm_head.weight = self.token_embedding.weight  # tied
+        self._init_weights(cfg.n_layers)
+
+    def _init_weights(self, n_layers: int, std: float = 0.02) -> None:
+        """GPT-2 init, output projections scaled by 1/sqrt(2·n_layers); mixers that define
+        ``reset_parameters()`` keep their own init."""
+        own = [m for m in self.modules() if m is not self and hasattr(m, "reset_parameters")
+               and not isinstance(m, (nn.Linear, nn.Embedding, nn.LayerNorm, nn.Conv1d))]
+        skip = {id(p) for m in own for p in m.parameters()}
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)) and id(module.weight) not in skip:
+                scaled = name.endswith(("out_proj", "fc2"))
+                nn.init.normal_(module.weight, std=std / math.sqrt(2 * n_layers) if scaled else std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        for m in own:
+            m.reset_parameters()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, L] → [B, L, V]
+        x = self.token_embedding(tokens)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(torch.arange(tokens.shape[1], device=tokens.device))
+        x = self.embed_dropout(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.norm_f(x))
+
+    def state_size(self, seq_len: int) -> int:
+        """Scalars of inference-time state per sequence, summed over every mixer."""
+        return sum(
+            m.state_size(seq_len)
+            for block in self.blocks
+            for m in (block.sequence_mixer, block.state_mixer)
+        )
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

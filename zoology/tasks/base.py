@@ -1,0 +1,94 @@
+"""The task contract: a frozen attrs class of parameters whose ``generate(seed)`` makes a Segment."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from zoology.errors import FieldError
+
+IGNORE_INDEX = -100  # label of positions that are not scored
+
+
+def at_least(bound: int | float) -> Any:
+    """attrs validator: ``value >= bound``, reported at the field's own key path."""
+
+    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value < bound:
+            raise FieldError(attribute.name, f"must be >= {bound}, got {value}")
+
+    return check
+
+
+def between(low: float, high: float) -> Any:
+    """attrs validator: ``low <= value <= high``."""
+
+    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not low <= value <= high:
+            raise FieldError(attribute.name, f"must be between {low} and {high}, got {value}")
+
+    return check
+
+
+def param(default: Any = attrs.NOTHING, doc: str = "", validator: Any = None) -> Any:
+    """A task parameter: a typed attrs field with a default, a validator and a doc line."""
+    return attrs.field(default=default, validator=validator, metadata={"doc": doc})
+
+
+@attrs.frozen
+class Segment:
+    """A block of examples from one task configuration.
+
+    ``inputs`` and ``labels`` are int64 ``[N, L]``; ``labels[i, t]`` is the token expected
+    after ``inputs[i, :t+1]`` or -100 where nothing is scored. ``slices`` names this
+    configuration (e.g. ``{"num_kv_pairs": 8}``) for per-slice accuracy.
+    """
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    slices: dict[str, Any] = attrs.Factory(dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.inputs.shape != self.labels.shape or self.inputs.dim() != 2:
+            raise ValueError(f"inputs {tuple(self.inputs.shape)} and labels "
+                             f"{tuple(self.labels.shape)} must both be [N, L]")
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.inputs.shape[1]
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """Base class of every task. Subclasses add typed, validated, documented fields."""
+
+    name: ClassVar[str] = ""
+    # bump when a change alters what generate() returns for the same parameters and seed
+    version: ClassVar[int] = 1
+    # small parameters for `zoology show task` (num_examples is added)
+    example: ClassVar[dict[str, Any]] = {"vocab_size": 32, "input_seq_len": 32}
+
+    vocab_size: int = param(doc="tokens are in [0, vocab_size)", validator=at_least(2))
+    input_seq_len: int = param(doc="length of each example", validator=at_least(1))
+    num_examples: int = param(doc="number of examples in the segment", validator=at_least(1))
+
+    def generate(self, seed: int) -> Segment:
+        """All ``num_examples`` examples for ``seed``; the same seed gives the same tensors."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """Every parameter by name, defaults filled in."""
+        return attrs.asdict(self, recurse=False)
+
+    def slices(self) -> dict[str, Any]:
+        """What distinguishes this segment in per-slice metrics; tasks may override."""
+        return {}
+
+    def decode(self, token: int) -> str:
+        """How `zoology show task` prints one token."""
+        return str(token)

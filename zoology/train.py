@@ -1,0 +1,232 @@
+"""Train one experiment with Hugging Face Accelerate: fit, evaluate, select, test, record.
+
+One process or many (``accelerate launch`` / ``torchrun``): ``data.batch_size`` is the
+global batch of one optimizer step, split over processes and gradient-accumulation steps.
+Only the main process prints, writes the run directory and talks to wandb.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from zoology.config import Experiment, dump_experiment
+from zoology.data import Split, build_splits, loader
+from zoology.errors import UserError
+from zoology.model import LanguageModel
+from zoology.runs import CONFIG, SUMMARY, RunDir
+from zoology.tasks.base import IGNORE_INDEX
+from zoology.tracking import Tracker
+
+
+def make_accelerator(exp: Experiment) -> Accelerator:
+    """Check what this machine can do for ``exp``, then build the Accelerator."""
+    cuda = torch.cuda.is_available()
+    if exp.train.mixed_precision == "fp16" and not cuda:
+        raise UserError(
+            f"{exp.name}: train.mixed_precision: 'fp16' needs a GPU (on CPU it is silently "
+            "ignored); use 'bf16' or 'no'"
+        )
+    acc = Accelerator(
+        cpu=not cuda,
+        mixed_precision=exp.train.mixed_precision,
+        gradient_accumulation_steps=exp.train.gradient_accumulation_steps,
+    )
+    shards = acc.num_processes * exp.train.gradient_accumulation_steps
+    if exp.data.batch_size % shards:
+        raise UserError(
+            f"{exp.name}: data.batch_size: the global batch {exp.data.batch_size} must be divisible "
+            f"by processes ({acc.num_processes}) × train.gradient_accumulation_steps "
+            f"({exp.train.gradient_accumulation_steps})"
+        )
+    return acc
+
+
+def lr_lambda(warmup: int, total: int) -> Any:
+    """Linear warmup, then cosine decay to 0 over the remaining optimizer steps."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only (not on biases, norms or 1-d parameters)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    rest = [p for p in params if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: Any, split: Split, acc: Accelerator, prefix: str) -> dict[str, float]:
+    """Loss and accuracy over the scored positions, overall and per slice (``valid/k=v/accuracy``)."""
+    model.eval()
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for inputs, labels, segment in data:
+        logits = model(inputs).float()  # [B, L, V]
+        scored = labels != IGNORE_INDEX
+        loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        correct = (logits.argmax(-1) == labels) & scored
+        per_example = (correct.sum(1), scored.sum(1), loss.sum(1), segment)
+        parts.append(acc.gather_for_metrics(per_example))
+    correct, count, loss, segment = (torch.cat(t).cpu().double() for t in zip(*parts))
+    n = len(split.slices)
+    seg_correct = torch.zeros(n, dtype=torch.float64).index_add_(0, segment.long(), correct)
+    seg_count = torch.zeros(n, dtype=torch.float64).index_add_(0, segment.long(), count)
+    seg_loss = torch.zeros(n, dtype=torch.float64).index_add_(0, segment.long(), loss)
+
+    def summarize(idx: list[int], name: str) -> dict[str, float]:
+        c = max(float(seg_count[idx].sum()), 1.0)
+        return {f"{name}/accuracy": float(seg_correct[idx].sum()) / c, f"{name}/loss": float(seg_loss[idx].sum()) / c}
+
+    metrics = summarize(list(range(n)), prefix)
+    groups: dict[str, list[int]] = {}
+    for i, slices in enumerate(split.slices):
+        for key, value in slices.items():
+            groups.setdefault(f"{prefix}/{key}={value}", []).append(i)
+    for name, idx in sorted(groups.items()):
+        metrics.update(summarize(idx, name))
+    return metrics
+
+
+def _better(metric: str, new: float, old: float | None) -> bool:
+    if old is None:
+        return True
+    return new < old if metric.endswith("loss") else new > old
+
+
+def _reached(metric: str, value: float, threshold: float) -> bool:
+    return value <= threshold if metric.endswith("loss") else value >= threshold
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+
+    from zoology import __version__
+
+    return {"zoology": __version__, "torch": torch.__version__, "accelerate": accelerate.__version__,
+            "python": platform.python_version()}
+
+
+def train(exp: Experiment, run_dir: RunDir, quiet: bool = False) -> dict[str, Any]:
+    """Run ``exp`` to the end and return its summary (also written to ``summary.json``)."""
+    acc = make_accelerator(exp)
+    main = acc.is_main_process
+    cfg = exp.train
+    start = time.time()
+    summary: dict[str, Any] = {"status": "running", "experiment": exp.name, "run_id": exp.run_id}
+    if main:
+        run_dir.write_text(CONFIG, dump_experiment(exp))
+        run_dir.reset_metrics()
+        run_dir.write_json(SUMMARY, summary)
+
+    set_seed(cfg.seed)
+    splits = build_splits(exp)
+    model = LanguageModel(exp)
+    num_parameters = model.num_parameters()
+    state_size = model.state_size(exp.max_seq_len)
+    micro_batch = exp.data.batch_size // (acc.num_processes * cfg.gradient_accumulation_steps)
+    eval_batch = exp.data.eval_batch_size or exp.data.batch_size
+    train_loader = loader(splits["train"], micro_batch, shuffle=True, seed=cfg.seed)
+    valid_loader = loader(splits["valid"], eval_batch)
+    test_loader = loader(splits["test"], eval_batch)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.warmup_steps, steps_per_epoch * cfg.max_epochs)
+    )
+    model, optimizer, train_loader, valid_loader, test_loader = acc.prepare(
+        model, optimizer, train_loader, valid_loader, test_loader
+    )
+    tracker = Tracker(exp, str(run_dir.path), enabled=main)
+    summary.update(
+        num_parameters=num_parameters, state_size=state_size, processes=acc.num_processes,
+        micro_batch_size=micro_batch, mixed_precision=cfg.mixed_precision,
+        seeds={"train": cfg.seed, **{k: s.seeds for k, s in splits.items()}}, versions=versions(),
+    )
+    select = cfg.select_metric
+    stop = cfg.early_stopping
+    best_value, best_record, best_state, metrics = None, {}, None, {}
+    status, step, train_time = "done", 0, 0.0
+
+    for epoch in range(1, cfg.max_epochs + 1):
+        model.train()
+        epoch_start = time.time()
+        total = torch.zeros((), device=acc.device)
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.max_epochs}", disable=quiet or not main,
+                   leave=False, dynamic_ncols=True)
+        for i, (inputs, labels, _) in enumerate(bar):
+            with acc.accumulate(model):
+                logits = model(inputs)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    if cfg.max_grad_norm:
+                        acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    step += 1
+                optimizer.step()
+                if acc.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            total += loss.detach()
+            if i % 25 == 24 and not bar.disable:  # the only host syncs in the loop
+                bar.set_postfix(loss=f"{total.item() / (i + 1):.3f}", refresh=False)
+        train_time += time.time() - epoch_start
+        train_loss = float(acc.reduce(total, "mean")) / max(1, len(train_loader))
+        if not math.isfinite(train_loss):
+            status = "diverged"
+            if main and not quiet:
+                tqdm.write(f"epoch {epoch}: training loss is {train_loss}; the run diverged")
+            break
+        metrics = evaluate(model, valid_loader, splits["valid"], acc, "valid")
+        record = {"epoch": epoch, "step": step, "train/loss": train_loss,
+                  "lr": scheduler.get_last_lr()[0], **metrics, "time_s": round(time.time() - start, 3)}
+        if main:
+            run_dir.append_metrics(record)
+            tracker.log(record, step)
+            if not quiet:
+                tqdm.write(f"epoch {epoch:>3}  train/loss {train_loss:.4f}  valid/loss "
+                           f"{metrics['valid/loss']:.4f}  valid/accuracy {metrics['valid/accuracy']:.4f}")
+        if select not in metrics:
+            raise UserError(f"{exp.name}: train.select_metric: {select!r} is not reported "
+                            f"(reported: {', '.join(sorted(metrics))})")
+        if _better(select, metrics[select], best_value):
+            best_value, best_record = metrics[select], record
+            best_state = {k: v.detach().clone() for k, v in acc.unwrap_model(model).state_dict().items()}
+        if stop is not None:
+            if stop.metric not in metrics:
+                raise UserError(f"{exp.name}: train.early_stopping.metric: {stop.metric!r} is not "
+                                f"reported (reported: {', '.join(sorted(metrics))})")
+            if _reached(stop.metric, metrics[stop.metric], stop.threshold):
+                break
+
+    summary.update(status=status, epochs=epoch, best_epoch=best_record.get("epoch"), select_metric=select,
+                   best=best_record, final=metrics,
+                   train_steps=step, train_steps_per_s=round(step / max(train_time, 1e-9), 2))
+    if best_state is not None:
+        acc.unwrap_model(model).load_state_dict(best_state)
+        summary["test"] = evaluate(model, test_loader, splits["test"], acc, "test")
+        if main:
+            from safetensors.torch import save_model
+
+            save_model(acc.unwrap_model(model), str(run_dir.path / "model.safetensors"),
+                       metadata={"experiment": exp.name, "run_id": exp.run_id, "epoch": str(best_record["epoch"])})
+    summary["wall_time_s"] = round(time.time() - start, 2)
+    if main:
+        run_dir.write_json(SUMMARY, summary)
+        tracker.finish(summary)
+    acc.wait_for_everyone()
+    return summary
