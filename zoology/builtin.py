@@ -5,21 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from zoology.hookspecs import hookimpl
-from zoology.mixers.attention import Attention
-from zoology.mixers.state import GLU, MLP, Identity
-from zoology.tasks.mqar import MQAR
-
-TASKS = [MQAR]
-MIXERS = [Attention, MLP, GLU, Identity]
+from zoology.mixers import BUILTIN_MIXERS
+from zoology.tasks import BUILTIN_TASKS
 
 
 @hookimpl
 def zoology_register_tasks(register: Callable[..., None]) -> None:
-    for task in TASKS:
+    for task in BUILTIN_TASKS:
         register(task)
 
 
 @hookimpl
 def zoology_register_mixers(register: Callable[..., None]) -> None:
-    for mixer in MIXERS:
+    for mixer in BUILTIN_MIXERS:
         register(mixer)

@@ -70,19 +70,34 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+def scored_logits(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [M, V] and targets [M] of the scored positions.
+
+    On CPU the model computes its last state mixer and head only there (see model.py);
+    on accelerators it computes every position, which avoids a host sync per step."""
+    scored = labels != IGNORE_INDEX
+    if inputs.device.type == "cpu":
+        return model(inputs, scored).float(), labels[scored]
+    return model(inputs).float()[scored], labels[scored]
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: Any, split: Split, acc: Accelerator, prefix: str) -> dict[str, float]:
     """Loss and accuracy over the scored positions, overall and per slice (``valid/k=v/accuracy``)."""
     model.eval()
     parts: list[tuple[torch.Tensor, ...]] = []
     for inputs, labels, segment in data:
-        logits = model(inputs).float()  # [B, L, V]
-        scored = labels != IGNORE_INDEX
-        loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
-        correct = (logits.argmax(-1) == labels) & scored
-        per_example = (correct.sum(1), scored.sum(1), loss.sum(1), segment)
-        parts.append(acc.gather_for_metrics(per_example))
-    correct, count, loss, segment = (torch.cat(t).cpu().double() for t in zip(*parts))
+        logits, targets = scored_logits(model, inputs, labels)  # [M, V], [M]
+        row = (labels != IGNORE_INDEX).nonzero()[:, 0]  # [M]: the example of each scored position
+        values = torch.stack([
+            (logits.argmax(-1) == targets).double(),  # correct
+            torch.ones_like(targets, dtype=torch.float64),  # scored
+            F.cross_entropy(logits, targets, reduction="none").double(),  # loss
+        ], dim=1)  # [M, 3]
+        per_example = torch.zeros(len(labels), 3, dtype=torch.float64, device=values.device)
+        parts.append(acc.gather_for_metrics((per_example.index_add_(0, row, values), segment)))
+    per_example, segment = (torch.cat(t).cpu() for t in zip(*parts))
+    correct, count, loss = per_example.unbind(1)
     n = len(split.slices)
     seg_correct = torch.zeros(n, dtype=torch.float64).index_add_(0, segment.long(), correct)
     seg_count = torch.zeros(n, dtype=torch.float64).index_add_(0, segment.long(), count)
@@ -170,8 +185,8 @@ def train(exp: Experiment, run_dir: RunDir, quiet: bool = False) -> dict[str, An
                    leave=False, dynamic_ncols=True)
         for i, (inputs, labels, _) in enumerate(bar):
             with acc.accumulate(model):
-                logits = model(inputs)
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+                logits, targets = scored_logits(model, inputs, labels)
+                loss = F.cross_entropy(logits, targets)
                 acc.backward(loss)
                 if acc.sync_gradients:
                     if cfg.max_grad_norm:

@@ -12,3 +12,14 @@ The contract:
 * A mixer that initialises its own weights defines ``reset_parameters()``; the model then
   calls it instead of overwriting them with its generic init.
 """
+
+from zoology.mixers.attention import Attention
+from zoology.mixers.state import GLU, MLP, Identity
+
+# registered by zoology.builtin; one line per mixer class
+BUILTIN_MIXERS: list[type] = [
+    Attention,
+    MLP,
+    GLU,
+    Identity,
+]

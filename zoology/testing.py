@@ -1,0 +1,83 @@
+"""Conformance checks for tasks and mixers, for Zoology's own tests and plugin authors'.
+
+    from zoology.testing import check_task, check_mixer
+    def test_my_task(): check_task(MyTask, vocab_size=64, input_seq_len=32, num_examples=16)
+    def test_my_mixer(): check_mixer(MyMixer, d_model=32, some_param=2)
+
+Each raises AssertionError with a message saying which property failed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from zoology.tasks.base import IGNORE_INDEX, Segment, Task
+
+
+def check_task(task_cls: type[Task], invalid: list[dict[str, Any]] = (), **params: Any) -> Segment:
+    """Check the Task contract for ``task_cls(**params)``; return one generated segment.
+
+    ``invalid``: parameter overrides that must be rejected at construction (ValueError).
+    """
+    task = task_cls(**params)
+    a, b, c = task.generate(0), task.generate(0), task.generate(1)
+    assert isinstance(a, Segment), f"generate() must return a Segment, got {type(a).__name__}"
+    n, length = task.num_examples, task.input_seq_len
+    for name, t in (("inputs", a.inputs), ("labels", a.labels)):
+        assert t.dtype == torch.int64, f"{name} must be int64, got {t.dtype}"
+        assert tuple(t.shape) == (n, length), f"{name} must be [num_examples, input_seq_len] = {(n, length)}, got {tuple(t.shape)}"
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels), "the same seed must give the same tensors"
+    assert not (torch.equal(a.inputs, c.inputs) and torch.equal(a.labels, c.labels)), "different seeds must give different data"
+    assert a.inputs.min() >= 0 and a.inputs.max() < task.vocab_size, "inputs must lie in [0, vocab_size)"
+    scored = a.labels != IGNORE_INDEX
+    assert ((a.labels[scored] >= 0) & (a.labels[scored] < task.vocab_size)).all(), "labels must be -100 or in [0, vocab_size)"
+    assert scored.any(dim=1).all(), "every example needs at least one scored position"
+    assert isinstance(a.slices, dict), "slices must be a dict"
+    for override in invalid:
+        try:
+            task_cls(**{**params, **override})
+        except ValueError:
+            continue
+        raise AssertionError(f"{task_cls.__name__} accepted invalid parameters {override}")
+    return a
+
+
+def _build(mixer_cls: type, d_model: int, seq_len: int, params: dict[str, Any]) -> torch.nn.Module:
+    accepted = inspect.signature(mixer_cls.__init__).parameters
+    ctx = {"d_model": d_model, "layer_idx": 0, "n_layers": 2, "max_seq_len": seq_len, "vocab_size": 64}
+    return mixer_cls(**{k: v for k, v in ctx.items() if k in accepted}, **params)
+
+
+def check_mixer(
+    mixer_cls: type, d_model: int = 32, seq_len: int = 17, causal: bool = True, atol: float = 1e-5, **params: Any
+) -> torch.nn.Module:
+    """Check the Mixer contract: shapes, causality, gradients, bf16 autocast, state size."""
+    torch.manual_seed(0)
+    mixer = _build(mixer_cls, d_model, seq_len, params).eval()
+    for batch, length in ((2, seq_len), (1, 5)):
+        x = torch.randn(batch, length, d_model)
+        y = mixer(x)
+        assert y.shape == x.shape, f"forward must map [B, L, D] to [B, L, D]: {tuple(x.shape)} -> {tuple(y.shape)}"
+        assert torch.isfinite(y).all(), "output must be finite"
+    if causal:
+        x = torch.randn(2, seq_len, d_model)
+        t = seq_len // 2
+        x2 = x.clone()
+        x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])
+        with torch.no_grad():
+            diff = (mixer(x)[:, : t + 1] - mixer(x2)[:, : t + 1]).abs().max().item()
+        assert diff <= atol, f"not causal: outputs up to position {t} changed by {diff:.2e} when later inputs changed"
+    mixer.train()
+    x = torch.randn(2, seq_len, d_model, requires_grad=True)
+    mixer(x).square().mean().backward()
+    missing = [n for n, p in mixer.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert not missing, f"parameters without a finite gradient: {missing}"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mixer(torch.randn(2, seq_len, d_model))
+    assert torch.isfinite(y.float()).all(), "bf16 autocast output must be finite"
+    size = mixer.state_size(seq_len)
+    assert isinstance(size, int) and size >= 0, f"state_size(seq_len) must be a non-negative int, got {size!r}"
+    return mixer
