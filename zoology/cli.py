@@ -174,6 +174,23 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from zoology import bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows: list[dict[str, Any]] = []
+    gen = bench.bench_data(args.names) if args.what == "data" else bench.bench_mixers(args.names)
+    for row in gen:
+        rows.append(row)
+        if not args.quiet:
+            print("  ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
+    print(json.dumps(rows, indent=2) if args.json else bench.format_rows(rows))
+    return EXIT_OK
+
+
 # -- entry point ---------------------------------------------------------------------------
 
 
@@ -204,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(f"{kind}s", help=f"registered {kind}s")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=lambda a, kind=kind: _list(kind, a))
+
+    p = sub.add_parser("bench", help="benchmarks: task generation speed or mixer throughput")
+    p.add_argument("what", choices=["data", "mixers"])
+    p.add_argument("names", nargs="*", help="only these tasks / mixers")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="no per-row progress on stderr")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("show", help="parameters and docs of one task or mixer")
     p.add_argument("kind", choices=["task", "mixer"])

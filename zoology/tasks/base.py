@@ -72,6 +72,8 @@ class Task:
     version: ClassVar[int] = 1
     # small parameters for `zoology show task` (num_examples is added)
     example: ClassVar[dict[str, Any]] = {"vocab_size": 32, "input_seq_len": 32}
+    # settings `zoology bench data` times (None: `example` with 100,000 examples)
+    bench_params: ClassVar[list[dict[str, Any]] | None] = None
 
     vocab_size: int = param(doc="tokens are in [0, vocab_size)", validator=at_least(2))
     input_seq_len: int = param(doc="length of each example", validator=at_least(1))
