@@ -222,8 +222,8 @@ class Registry:
         self._components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
         for kind in KINDS:
             caller = getattr(pm.hook, _HOOKS[kind])
-            # pluggy calls the last registered first; register the built-ins first instead
-            for impl in reversed(caller.get_hookimpls()):
+            # in registration order: the built-ins first, so they keep their names
+            for impl in caller.get_hookimpls():
                 self._collect(kind, impl.plugin_name, impl.function)
 
     def _collect(self, kind: str, plugin: str, hook: Callable[..., None]) -> None:

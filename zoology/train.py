@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -35,6 +36,10 @@ def make_accelerator(exp: Experiment) -> Accelerator:
             f"{exp.name}: train.mixed_precision: 'fp16' needs a GPU (on CPU it is silently "
             "ignored); use 'bf16' or 'no'"
         )
+    # Accelerate keeps process-wide singletons; one process may train many experiments with
+    # different precisions, so start each from a clean state (the process group is kept).
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     acc = Accelerator(
         cpu=not cuda,
         mixed_precision=exp.train.mixed_precision,

@@ -1,0 +1,216 @@
+"""Building blocks shared by several mixer families (pure PyTorch, CPU-friendly).
+
+Shape letters: B batch, L length, H heads, K key/feature dim, V value dim, D channels,
+C chunk length, N number of chunks.
+
+The chunked scans below are the training-time forms of linear recurrences
+``S_t = decay_t · S_{t-1} + k_t v_tᵀ,  o_t = q_tᵀ S_t``: within a chunk of C positions the
+work is a masked C×C product (parallel), across chunks only a [K, V] state is carried,
+so time and memory stay linear in L.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, dim: int) -> torch.Tensor:
+    """Zero-pad ``dim`` of x at the end up to a multiple of ``multiple``."""
+    extra = -x.shape[dim] % multiple
+    if not extra:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, extra]
+    return F.pad(x, pad)
+
+
+def chunk_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor | None = None,
+    chunk_size: int = 32,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal (decayed) linear attention, chunked.
+
+    q, k: [B, H, L, K]; v: [B, H, L, V]; log_decay: None, [B, H, L] (one decay per head,
+    RetNet/Mamba-2) or [B, H, L, K] (one per key channel, GLA), each ≤ 0.
+    Recurrence: S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_tᵀ;  o_t = q_tᵀ S_t.
+    Returns (o [B, H, L, V], final state S [B, H, K, V]).
+    """
+    b, h, l, dk = q.shape
+    dv = v.shape[-1]
+    if log_decay is None:
+        log_decay = q.new_zeros(b, h, l)
+    per_key = log_decay.dim() == 4
+    c = chunk_size
+    q, k, v, g = (pad_to_multiple(t, c, 2) for t in (q, k, v, log_decay))  # pads decay with 0: no-op
+    n = q.shape[2] // c
+    q, k, v = (t.reshape(b, h, n, c, t.shape[-1]) for t in (q, k, v))  # [B, H, N, C, *]
+    g = g.reshape(b, h, n, c, dk) if per_key else g.reshape(b, h, n, c)
+    G = g.float().cumsum(3)  # cumulative log decay inside each chunk
+    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+    if per_key:
+        # A_ij = Σ_d q_id k_jd exp(G_id - G_jd), j ≤ i; masked before exp so nothing overflows
+        diff = (G.unsqueeze(4) - G.unsqueeze(3)).masked_fill(~causal[:, :, None], float("-inf"))
+        A = torch.einsum("bhnid,bhnjd,bhnijd->bhnij", q, k, diff.exp().to(q.dtype))
+        q_in = q * G.exp().to(q.dtype)  # decay from chunk start to i
+        k_out = k * (G[..., -1:, :] - G).exp().to(k.dtype)  # decay from j to chunk end
+        chunk_decay = G[..., -1, :].exp()  # [B, H, N, K]
+    else:
+        diff = (G.unsqueeze(4) - G.unsqueeze(3)).masked_fill(~causal, float("-inf"))
+        A = (q @ k.transpose(-1, -2)) * diff.exp().to(q.dtype)  # [B, H, N, C, C]
+        q_in = q * G.exp().unsqueeze(-1).to(q.dtype)
+        k_out = k * (G[..., -1:] - G).exp().unsqueeze(-1).to(k.dtype)
+        chunk_decay = G[..., -1].exp().unsqueeze(-1)  # [B, H, N, 1]
+    o = A @ v  # intra-chunk part, [B, H, N, C, V]
+    S = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state.to(q.dtype)
+    inter = []
+    for i in range(n):  # carry the [K, V] state across chunks
+        inter.append(q_in[:, :, i] @ S)  # [B, H, C, V]
+        S = chunk_decay[:, :, i].unsqueeze(-1).to(S.dtype) * S + k_out[:, :, i].transpose(-1, -2) @ v[:, :, i]
+    o = o + torch.stack(inter, dim=2)
+    return o.reshape(b, h, n * c, dv)[:, :, :l], S
+
+
+def chunk_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    log_decay: torch.Tensor | None = None,
+    chunk_size: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Gated) delta rule, chunked with the WY/UT form (DeltaNet, Gated DeltaNet).
+
+    q, k: [B, H, L, K] (k L2-normalised); v: [B, H, L, V]; beta: [B, H, L] in (0, 1);
+    log_decay: None or [B, H, L] (≤ 0, Gated DeltaNet's α_t = exp(log_decay_t)).
+    Recurrence: S_t = α_t (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ;  o_t = q_tᵀ S_t.
+
+    Within a chunk starting from S0, with Γ_j = Π_{s≤j} α_s, the "new values"
+    u_j = v_j - α_j S_{j-1}ᵀ k_j satisfy the unit lower-triangular system
+    u_j + Σ_{i<j} (Γ_j/Γ_i) β_i (k_j·k_i) u_i = v_j - Γ_j S0ᵀ k_j, solved once per chunk
+    (in parallel); then S_end = Γ_C S0 + Σ_j (Γ_C/Γ_j) β_j k_j u_jᵀ.
+    Returns (o [B, H, L, V], final state [B, H, K, V]).
+    """
+    b, h, l, dk = q.shape
+    dv = v.shape[-1]
+    if log_decay is None:
+        log_decay = q.new_zeros(b, h, l)
+    c = chunk_size
+    q, k, v, beta, g = (pad_to_multiple(t, c, 2) for t in (q, k, v, beta, log_decay))
+    n = q.shape[2] // c
+    q, k, v = (t.reshape(b, h, n, c, t.shape[-1]) for t in (q, k, v))
+    beta, g = beta.reshape(b, h, n, c), g.reshape(b, h, n, c)
+    G = g.float().cumsum(-1)  # [B, H, N, C]
+    lower = torch.ones(c, c, dtype=torch.bool, device=q.device).tril(-1)
+    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+    ratio = lambda mask: (G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~mask, float("-inf")).exp().to(q.dtype)
+    eye = torch.eye(c, dtype=q.dtype, device=q.device)
+    A = eye + (k @ k.transpose(-1, -2)) * ratio(lower) * beta.unsqueeze(-2)  # [B, H, N, C, C], unit lower
+    U0 = torch.linalg.solve_triangular(A, v, upper=False, unitriangular=True)  # A⁻¹ V
+    W = torch.linalg.solve_triangular(A, k * G.exp().unsqueeze(-1).to(k.dtype), upper=False, unitriangular=True)
+    QK = (q @ k.transpose(-1, -2)) * ratio(causal) * beta.unsqueeze(-2)  # [B, H, N, C, C]
+    q_in = q * G.exp().unsqueeze(-1).to(q.dtype)
+    k_out = k * ((G[..., -1:] - G).exp() * beta).unsqueeze(-1).to(k.dtype)
+    S = q.new_zeros(b, h, dk, dv)
+    out = []
+    for i in range(n):
+        U = U0[:, :, i] - W[:, :, i] @ S  # [B, H, C, V]
+        out.append(q_in[:, :, i] @ S + QK[:, :, i] @ U)
+        S = G[:, :, i, -1].exp()[..., None, None].to(S.dtype) * S + k_out[:, :, i].transpose(-1, -2) @ U
+    o = torch.stack(out, dim=2).reshape(b, h, n * c, dv)
+    return o[:, :, :l], S
+
+
+def delta_rule_step(
+    S: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, alpha: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the (gated) delta rule. S [B, H, K, V]; q, k [B, H, K]; v [B, H, V]; beta, alpha [B, H]."""
+    S = alpha[..., None, None] * S
+    u = v - torch.einsum("bhkv,bhk->bhv", S, k)  # what S currently predicts for k, corrected
+    S = S + beta[..., None, None] * k.unsqueeze(-1) * u.unsqueeze(-2)
+    return torch.einsum("bhkv,bhk->bhv", S, q), S
+
+
+class ShortConvolution(nn.Module):
+    """Depthwise causal 1-D convolution over the sequence, [B, L, D] → [B, L, D].
+
+    Its inference state is the last ``kernel_size - 1`` inputs of each channel.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool = True, activation: str | None = None) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, padding=kernel_size - 1, bias=bias)
+        self.activation = activation
+
+    def _act(self, y: torch.Tensor) -> torch.Tensor:
+        return F.silu(y) if self.activation == "silu" else y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        l = x.shape[1]
+        return self._act(self.conv(x.transpose(1, 2))[..., :l].transpose(1, 2))
+
+    def init_state(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0], self.conv.in_channels, self.kernel_size - 1)  # [B, D, k-1]
+
+    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t [B, D], state [B, D, k-1] (oldest first) → (y_t [B, D], new state)."""
+        window = torch.cat([state, x_t.unsqueeze(-1)], dim=-1)  # [B, D, k]
+        y = (window * self.conv.weight.squeeze(1)).sum(-1)
+        if self.conv.bias is not None:
+            y = y + self.conv.bias
+        return self._act(y), window[..., 1:]
+
+
+def fft_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Causal long convolution y_t = Σ_{s≤t} k_{t-s} u_s via FFT, O(L log L).
+
+    u: [..., D, L], k: [D, L] (one filter per channel).
+    """
+    l = u.shape[-1]
+    n = 2 * l  # zero-pad so the circular convolution is a linear one
+    y = torch.fft.irfft(torch.fft.rfft(u.float(), n=n) * torch.fft.rfft(k.float(), n=n), n=n)[..., :l]
+    return y.to(u.dtype)
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding (RoPE, half-split layout). x [..., L, K], positions [L]."""
+    half = x.shape[-1] // 2
+    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angle = positions.float()[:, None] * freqs  # [L, K/2]
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half: 2 * half]
+    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return torch.cat([rotated, x[..., 2 * half:]], dim=-1)
+
+
+class HeadRMSNorm(nn.Module):
+    """RMSNorm over the last dim of [..., H, V] per head, optionally gated by silu(z) (Mamba-2, GLA)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
+        y = y.to(x.dtype) * self.weight
+        return y if gate is None else y * F.silu(gate)
+
+
+def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    """softplus⁻¹(x) = x + log(1 - exp(-x)) (Mamba's dt-bias init)."""
+    return x + torch.log(-torch.expm1(-x))
+
+
+def dt_bias_init(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
+    """Mamba's time-step bias: softplus(bias) log-uniform in [dt_min, dt_max], floored."""
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    return inverse_softplus(dt.clamp(min=dt_init_floor))
