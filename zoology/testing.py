@@ -54,7 +54,8 @@ def _build(mixer_cls: type, d_model: int, seq_len: int, params: dict[str, Any]) 
 def check_mixer(
     mixer_cls: type, d_model: int = 32, seq_len: int = 17, causal: bool = True, atol: float = 1e-5, **params: Any
 ) -> torch.nn.Module:
-    """Check the Mixer contract: shapes, causality, gradients, bf16 autocast, state size."""
+    """Check the Mixer contract: shapes, causality, gradients, bf16 autocast, state size; and,
+    for a mixer with ``recurrent(x)``, that it matches forward and holds state_size scalars."""
     torch.manual_seed(0)
     mixer = _build(mixer_cls, d_model, seq_len, params).eval()
     for batch, length in ((2, seq_len), (1, 5)):
@@ -80,4 +81,37 @@ def check_mixer(
     assert torch.isfinite(y.float()).all(), "bf16 autocast output must be finite"
     size = mixer.state_size(seq_len)
     assert isinstance(size, int) and size >= 0, f"state_size(seq_len) must be a non-negative int, got {size!r}"
+    if callable(getattr(mixer, "recurrent", None)):
+        _check_recurrent(mixer.eval(), d_model, seq_len)
     return mixer
+
+
+def _count_scalars(state: Any) -> int:
+    """Scalars in a (nested tuple/list/dict of) tensor(s); a complex number counts as two."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * (2 if state.is_complex() else 1)
+    if isinstance(state, dict):
+        state = list(state.values())
+    if isinstance(state, (tuple, list)):
+        return sum(_count_scalars(s) for s in state)
+    raise AssertionError(f"recurrent() state must be tensors in tuples/lists/dicts, got {type(state).__name__}")
+
+
+def _check_recurrent(mixer: torch.nn.Module, d_model: int, seq_len: int, batch: int = 2) -> None:
+    """recurrent(x) (step by step) must match forward(x) to 1e-4 in fp32, and its final state
+    must hold exactly state_size(seq_len) scalars per sequence."""
+    x = torch.randn(batch, seq_len, d_model)
+    with torch.no_grad():
+        y = mixer(x)
+        out = mixer.recurrent(x)
+    assert isinstance(out, tuple) and len(out) == 2, "recurrent(x) must return (output, state)"
+    y_rec, state = out
+    assert y_rec.shape == y.shape, f"recurrent output shape {tuple(y_rec.shape)} != forward output shape {tuple(y.shape)}"
+    diff = (y_rec - y).abs().max().item()
+    assert diff <= 1e-4, f"recurrent(x) differs from forward(x) by {diff:.2e} (> 1e-4)"
+    total = _count_scalars(state)
+    assert total % batch == 0, f"recurrent state holds {total} scalars, not a multiple of the batch {batch}"
+    expected = mixer.state_size(seq_len)
+    assert total // batch == expected, (
+        f"recurrent state holds {total // batch} scalars per sequence, state_size({seq_len}) says {expected}"
+    )

@@ -6,19 +6,52 @@ The contract:
 * The constructor's keyword arguments are the config: each one typed and defaulted.
   Context arguments (``d_model``, ``layer_idx``, ``n_layers``, ``max_seq_len``,
   ``vocab_size``) are filled in by the model when the constructor declares them.
-* ``forward(x: [B, L, D]) -> [B, L, D]``, causal for sequence mixers.
+* ``forward(x: [B, L, D]) -> [B, L, D]``, causal for sequence mixers. For mixers with a
+  linear-time method, the training form stays linear in length (chunked scans; no L×L
+  matrix).
 * ``state_size(seq_len) -> int``: scalars of inference-time state one sequence needs in
-  this layer (attention: its KV cache; recurrent mixers: the recurrent state).
+  this layer (attention: its KV cache; recurrent mixers: the recurrent state). Its
+  docstring states the formula in words (``zoology show mixer`` prints it).
 * A mixer that initialises its own weights defines ``reset_parameters()``; the model then
   calls it instead of overwriting them with its generic init.
+* A mixer with a recurrent (inference) view defines
+  ``recurrent(x: [B, L, D]) -> (y: [B, L, D], state)``: the same computation done one
+  position at a time, carrying only the state. ``y`` must equal ``forward(x)`` (to 1e-4 in
+  fp32), and ``state`` (a tensor, or tuples/lists/dicts of tensors; a complex scalar counts
+  as two) must hold exactly ``state_size(L)`` scalars per sequence after the last position.
+  ``zoology.testing.check_mixer`` checks both whenever ``recurrent`` exists.
 """
 
-from zoology.mixers.attention import Attention
+from zoology.mixers.attention import Attention, SlidingWindowAttention
+from zoology.mixers.based import Based
+from zoology.mixers.conv import BaseConv, ShortConv
+from zoology.mixers.delta_net import DeltaNet, GatedDeltaNet
+from zoology.mixers.gla import GatedLinearAttention
+from zoology.mixers.h3 import H3
+from zoology.mixers.hyena import Hyena
+from zoology.mixers.linear_attention import LinearAttention
+from zoology.mixers.mamba import Mamba, Mamba2
+from zoology.mixers.retnet import MultiScaleRetention
+from zoology.mixers.rwkv import RWKV4
 from zoology.mixers.state import GLU, MLP, Identity
 
 # registered by zoology.builtin; one line per mixer class
 BUILTIN_MIXERS: list[type] = [
     Attention,
+    SlidingWindowAttention,
+    LinearAttention,
+    Based,
+    ShortConv,
+    BaseConv,
+    Hyena,
+    H3,
+    GatedLinearAttention,
+    MultiScaleRetention,
+    DeltaNet,
+    GatedDeltaNet,
+    Mamba,
+    Mamba2,
+    RWKV4,
     MLP,
     GLU,
     Identity,

@@ -33,7 +33,6 @@ def chunk_linear_attention(
     v: torch.Tensor,
     log_decay: torch.Tensor | None = None,
     chunk_size: int = 32,
-    initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal (decayed) linear attention, chunked.
 
@@ -68,11 +67,12 @@ def chunk_linear_attention(
         k_out = k * (G[..., -1:] - G).exp().unsqueeze(-1).to(k.dtype)
         chunk_decay = G[..., -1].exp().unsqueeze(-1)  # [B, H, N, 1]
     o = A @ v  # intra-chunk part, [B, H, N, C, V]
-    S = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state.to(q.dtype)
+    S = q.new_zeros(b, h, dk, dv)
     inter = []
-    for i in range(n):  # carry the [K, V] state across chunks
-        inter.append(q_in[:, :, i] @ S)  # [B, H, C, V]
-        S = chunk_decay[:, :, i].unsqueeze(-1).to(S.dtype) * S + k_out[:, :, i].transpose(-1, -2) @ v[:, :, i]
+    # carry the [K, V] state across chunks (unbind, not indexing: its backward stays linear)
+    for q_i, k_i, v_i, d_i in zip(*(t.unbind(2) for t in (q_in, k_out, v, chunk_decay))):
+        inter.append(q_i @ S)  # [B, H, C, V]
+        S = d_i.unsqueeze(-1).to(S.dtype) * S + k_i.transpose(-1, -2) @ v_i
     o = o + torch.stack(inter, dim=2)
     return o.reshape(b, h, n * c, dv)[:, :, :l], S
 
@@ -99,6 +99,8 @@ def chunk_delta_rule(
     """
     b, h, l, dk = q.shape
     dv = v.shape[-1]
+    dtype = v.dtype
+    q, k, v, beta = q.float(), k.float(), v.float(), beta.float()  # the triangular solve wants fp32
     if log_decay is None:
         log_decay = q.new_zeros(b, h, l)
     c = chunk_size
@@ -109,7 +111,8 @@ def chunk_delta_rule(
     G = g.float().cumsum(-1)  # [B, H, N, C]
     lower = torch.ones(c, c, dtype=torch.bool, device=q.device).tril(-1)
     causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-    ratio = lambda mask: (G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~mask, float("-inf")).exp().to(q.dtype)
+    def ratio(mask):
+        return (G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~mask, float("-inf")).exp().to(q.dtype)
     eye = torch.eye(c, dtype=q.dtype, device=q.device)
     A = eye + (k @ k.transpose(-1, -2)) * ratio(lower) * beta.unsqueeze(-2)  # [B, H, N, C, C], unit lower
     U0 = torch.linalg.solve_triangular(A, v, upper=False, unitriangular=True)  # A⁻¹ V
@@ -119,12 +122,13 @@ def chunk_delta_rule(
     k_out = k * ((G[..., -1:] - G).exp() * beta).unsqueeze(-1).to(k.dtype)
     S = q.new_zeros(b, h, dk, dv)
     out = []
-    for i in range(n):
-        U = U0[:, :, i] - W[:, :, i] @ S  # [B, H, C, V]
-        out.append(q_in[:, :, i] @ S + QK[:, :, i] @ U)
-        S = G[:, :, i, -1].exp()[..., None, None].to(S.dtype) * S + k_out[:, :, i].transpose(-1, -2) @ U
+    chunks = zip(*(t.unbind(2) for t in (U0, W, q_in, QK, k_out, G[..., -1].exp())))
+    for U0_i, W_i, q_i, QK_i, k_i, decay_i in chunks:
+        U = U0_i - W_i @ S  # [B, H, C, V]
+        out.append(q_i @ S + QK_i @ U)
+        S = decay_i[..., None, None] * S + k_i.transpose(-1, -2) @ U
     o = torch.stack(out, dim=2).reshape(b, h, n * c, dv)
-    return o[:, :, :l], S
+    return o[:, :, :l].to(dtype), S
 
 
 def delta_rule_step(

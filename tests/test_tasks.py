@@ -1,0 +1,325 @@
+"""Task catalogue: the conformance kit over every registered task, and per-task properties."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoology.errors import FieldError
+from zoology.tasks import BUILTIN_TASKS
+from zoology.tasks.base import IGNORE_INDEX
+from zoology.tasks.circuits import (
+    CumulativeMajority,
+    CumulativeParity,
+    Majority,
+    Parity,
+    VocabMajority,
+)
+from zoology.tasks.formal import (
+    BucketSort,
+    CycleNavigation,
+    DuplicateString,
+    ModularArithmetic,
+    ReverseString,
+)
+from zoology.tasks.mad import (
+    FuzzyInContextRecall,
+    InContextRecall,
+    Memorization,
+    NoisyInContextRecall,
+    SelectiveCopying,
+)
+from zoology.tasks.mqar import MQAR, CompositionalMQAR, ForgettingMQAR
+from zoology.tasks.recall import AssociativeRecall, InductionHead
+from zoology.tasks.sampling import distinct, first_occurrence, generator, weighted_distinct
+from zoology.testing import check_task
+
+
+@pytest.mark.parametrize("cls", BUILTIN_TASKS, ids=lambda c: c.name)
+def test_conformance(cls):
+    check_task(cls, **{**cls.example, "num_examples": 64})
+
+
+def test_names_unique_and_documented():
+    names = [c.name for c in BUILTIN_TASKS]
+    assert len(names) == len(set(names))
+    for c in BUILTIN_TASKS:
+        assert c.__doc__ and len(c.__doc__) > 60, c.name
+
+
+# -- sampling --------------------------------------------------------------------------------
+
+def test_distinct_rows_unique_and_in_range():
+    for k, lo, hi in [(4, 1, 4096), (64, 1, 4096), (8, 3, 12), (12, 0, 12)]:
+        x = distinct(2000, k, lo, hi, generator(0))
+        assert x.min() >= lo and x.max() < hi
+        assert (x.sort(dim=1).values.diff(dim=1) > 0).all()
+
+
+def test_distinct_is_uniform_over_ordered_tuples():
+    x = distinct(60_000, 2, 0, 4, generator(1))  # 12 ordered pairs
+    counts = torch.bincount(x[:, 0] * 4 + x[:, 1], minlength=16).float()
+    nz = counts[counts > 0]
+    assert len(nz) == 12 and (nz / nz.mean() - 1).abs().max() < 0.05
+
+
+def test_weighted_distinct_matches_successive_sampling():
+    w = torch.tensor([4.0, 2.0, 1.0, 1.0])
+    x = weighted_distinct(100_000, 1, w, generator(2))
+    freq = torch.bincount(x[:, 0], minlength=4).float() / len(x)
+    assert torch.allclose(freq, w / w.sum(), atol=0.01)
+    # second draw given the first: P({0,1}) = 4/8*2/4 + 2/8*4/6
+    x = weighted_distinct(100_000, 2, w, generator(3))
+    pair01 = ((x.min(1).values == 0) & (x.max(1).values == 1)).float().mean()
+    assert abs(pair01 - (0.25 + 1 / 6)) < 0.01
+
+
+def test_first_occurrence():
+    x = torch.tensor([[3, 1, 3, 2, 1, 1]])
+    assert first_occurrence(x).tolist() == [[0, 1, 0, 3, 1, 1]]
+
+
+# -- MQAR family -------------------------------------------------------------------------------
+
+def _pairs(inputs, upto):
+    return inputs[:, :upto:2], inputs[:, 1:upto:2]
+
+
+def test_mqar_semantics():
+    t = MQAR(vocab_size=256, input_seq_len=64, num_kv_pairs=8, num_examples=2000)
+    s = t.generate(0)
+    keys, values = _pairs(s.inputs, 16)
+    assert (keys.sort(1).values.diff(1) > 0).all() and keys.min() >= 1 and keys.max() < 128
+    assert (values.sort(1).values.diff(1) > 0).all() and values.min() >= 128
+    scored = s.labels != IGNORE_INDEX
+    assert (scored.sum(1) == 8).all() and not scored[:, :16].any()
+    for i in range(50):
+        table = dict(zip(keys[i].tolist(), values[i].tolist()))
+        for p in scored[i].nonzero().flatten().tolist():
+            assert table[s.inputs[i, p].item()] == s.labels[i, p].item()
+
+
+def test_mqar_gap_histogram_follows_power_law():
+    t = MQAR(vocab_size=512, input_seq_len=64, num_kv_pairs=1, power_a=0.5, num_examples=40_000)
+    s = t.generate(0)
+    gaps = (s.labels != IGNORE_INDEX).int().argmax(1)
+    gaps = (gaps - 2) // 2
+    space = (64 - 2) // 2
+    hist = torch.bincount(gaps, minlength=space).double() / len(gaps)
+    g = torch.arange(1, space + 1, dtype=torch.float64)
+    p = g ** -0.5
+    p /= p.sum()
+    assert (hist - p).abs().max() < 0.01
+
+
+def test_mqar_rejects_too_many_pairs_with_the_constraint():
+    with pytest.raises(FieldError, match=r"<= input_seq_len \(got 72 > 64\)") as e:
+        MQAR(vocab_size=256, input_seq_len=64, num_kv_pairs=18, num_examples=1)
+    assert e.value.field == "num_kv_pairs"
+
+
+def test_compositional_keys_are_unique_grid_pairs():
+    t = CompositionalMQAR(vocab_size=300, input_seq_len=60, num_kv_pairs=9, num_examples=500)
+    s = t.generate(0)
+    ctx = s.inputs[:, :27].view(500, 9, 3)
+    for i in range(100):
+        k1, k2, v = ctx[i].T.tolist()
+        assert len(set(zip(k1, k2))) == 9 and len(set(k1)) == 3 and len(set(k2)) == 3
+        table = {(a, b): c for a, b, c in zip(k1, k2, v)}
+        for p in (s.labels[i] != IGNORE_INDEX).nonzero().flatten().tolist():
+            assert table[(s.inputs[i, p - 1].item(), s.inputs[i, p].item())] == s.labels[i, p].item()
+    with pytest.raises(FieldError, match="perfect square"):
+        CompositionalMQAR(vocab_size=300, input_seq_len=60, num_kv_pairs=8, num_examples=1)
+
+
+def test_forgetting_mqar_answers_the_latest_value():
+    k, u = 6, 3
+    t = ForgettingMQAR(vocab_size=128, input_seq_len=64, num_kv_pairs=k, num_updates=u, num_examples=500)
+    s = t.generate(0)
+    for i in range(200):
+        ctx = s.inputs[i, : 2 * (k + u)].tolist()
+        latest, first = {}, {}
+        for key, val in zip(ctx[::2], ctx[1::2]):
+            first.setdefault(key, val)
+            latest[key] = val
+        assert len(latest) == k and sum(first[x] != latest[x] for x in latest) == u
+        scored = (s.labels[i] != IGNORE_INDEX).nonzero().flatten().tolist()
+        assert len(scored) == k
+        for p in scored:
+            assert s.labels[i, p].item() == latest[s.inputs[i, p].item()]
+
+
+# -- circuits ---------------------------------------------------------------------------------
+
+def test_parity_and_majority_labels():
+    s = Parity(vocab_size=3, input_seq_len=33, num_examples=500).generate(0)
+    assert (s.labels[:, -1] == s.inputs[:, :-1].sum(1) % 2).all() and (s.inputs[:, -1] == 2).all()
+    assert (s.labels[:, :-1] == IGNORE_INDEX).all()
+    s = Majority(vocab_size=3, input_seq_len=33, num_examples=500).generate(0)
+    assert (s.labels[:, -1] == (s.inputs[:, :-1].sum(1) > 16).long()).all()
+    s = CumulativeParity(vocab_size=2, input_seq_len=32, num_examples=200).generate(0)
+    for t in (0, 7, 31):
+        assert (s.labels[:, t] == s.inputs[:, : t + 1].sum(1) % 2).all()
+    s = CumulativeMajority(vocab_size=2, input_seq_len=32, num_examples=200).generate(0)
+    for t in (0, 7, 31):
+        assert (s.labels[:, t] == (2 * s.inputs[:, : t + 1].sum(1) >= t + 1).long()).all()
+
+
+def test_vocab_majority_answer_is_unique_mode():
+    s = VocabMajority(vocab_size=5, input_seq_len=12, num_examples=1000).generate(0)
+    seq = s.inputs[:, :-1]
+    counts = torch.stack([(seq == v).sum(1) for v in range(5)], 1)
+    top = counts.max(1).values
+    assert ((counts == top[:, None]).sum(1) == 1).all()
+    assert (counts.argmax(1) == s.labels[:, -1]).all()
+
+
+# -- MAD --------------------------------------------------------------------------------------
+
+def _check_recall(s, noise_from=None):
+    for i in range(100):
+        table, seen = {}, set()
+        toks = s.inputs[i].tolist()
+        for p in range(0, len(toks), 2):
+            k, v = toks[p], toks[p + 1]
+            if noise_from is not None and k >= noise_from:
+                assert s.labels[i, p] == IGNORE_INDEX and v >= noise_from
+                continue
+            assert table.setdefault(k, v) == v
+            want = v if k in seen else IGNORE_INDEX
+            assert s.labels[i, p].item() == want
+            seen.add(k)
+        assert s.labels[i, -2] != IGNORE_INDEX  # the probe is always answerable
+
+
+def test_in_context_recall_semantics():
+    _check_recall(InContextRecall(num_examples=200).generate(0))
+    s = InContextRecall(num_examples=10, targets="all").generate(0)
+    assert (s.labels[:, :-1] == s.inputs[:, 1:]).all()
+
+
+def test_noisy_recall_noise_is_never_scored():
+    t = NoisyInContextRecall(num_examples=200, frac_noise=0.5)
+    _check_recall(t.generate(0), noise_from=t.vocab_size - t.noise_vocab_size)
+
+
+def test_fuzzy_recall_values_are_consistent():
+    t = FuzzyInContextRecall(num_examples=300, input_seq_len=64)
+    s = t.generate(0)
+    assert ((s.labels != IGNORE_INDEX).sum(1) >= 1).all()
+    pad = t.vocab_size - 1
+    for i in range(100):
+        # the final pair is key (3 tokens) + value: scored value tokens sit at the end
+        scored = (s.labels[i] != IGNORE_INDEX).nonzero().flatten()
+        assert s.labels[i, -1] != IGNORE_INDEX
+        assert (s.labels[i, scored] >= (pad // 2)).all()  # only value tokens are scored
+        assert (s.labels[i, scored] < pad).all()
+
+
+def test_selective_copying_answer_is_the_non_noise_tokens_in_order():
+    t = SelectiveCopying(num_examples=300)
+    s = t.generate(0)
+    blank, copy = t.vocab_size - 2, t.vocab_size - 1
+    n_copy = t.num_tokens_to_copy
+    for i in range(300):
+        toks = s.inputs[i].tolist()
+        at = toks.index(copy)
+        kept = [x for x in toks[:at] if x != blank]
+        assert len(kept) == n_copy == len(toks) - at - 1
+        assert s.labels[i, at + 1:].tolist() == kept
+        assert (s.labels[i, : at + 1] == IGNORE_INDEX).all()
+    s = SelectiveCopying(num_examples=10, num_tokens_to_copy=32, input_seq_len=128).generate(0)
+    assert ((s.labels != IGNORE_INDEX).sum(1) == 32).all()
+
+
+def test_memorization_map_is_fixed_across_seeds():
+    t = Memorization(num_examples=500)
+    a, b = t.generate(0), t.generate(1)
+    table = {}
+    for s in (a, b):
+        keys, labels = s.inputs[:, 0::2].flatten().tolist(), s.labels[:, 1::2].flatten().tolist()
+        for k, v in zip(keys, labels):
+            assert table.setdefault(k, v) == v
+
+
+# -- classic ----------------------------------------------------------------------------------
+
+def test_associative_recall_answer_is_the_bound_value():
+    for nk in (1, 2):
+        t = AssociativeRecall(vocab_size=20, input_seq_len=40, num_keys=nk, num_examples=300)
+        s = t.generate(0)
+        for i in range(100):
+            toks = s.inputs[i].tolist()
+            body = toks[: len(toks) - nk - 1]
+            body = [x for x in body if x != t.vocab_size - 1]
+            table = {}
+            for j in range(0, len(body), nk + 1):
+                key = tuple(body[j: j + nk])
+                assert table.setdefault(key, body[j + nk]) == body[j + nk]
+            assert s.labels[i, -1].item() == table[tuple(toks[-nk:])]
+
+
+def test_induction_head_copies_after_the_trigger():
+    t = InductionHead(vocab_size=20, input_seq_len=40, induction_len=2, num_triggers=3, num_examples=300)
+    s = t.generate(0)
+    prefix = t.vocab_size - 2
+    for i in range(300):
+        toks = s.inputs[i].tolist()
+        first = toks.index(prefix)
+        assert s.labels[i, -2:].tolist() == toks[first + 1: first + 3]
+        assert toks[-2] == prefix
+
+
+# -- formal languages -----------------------------------------------------------------------
+
+def _io(t, s, i):
+    toks = s.inputs[i].tolist()
+    sep = toks.index(t.alphabet)
+    scored = (s.labels[i] != IGNORE_INDEX).nonzero().flatten().tolist()
+    return toks[:sep], [s.labels[i, p].item() for p in scored], scored[0] == sep
+
+
+def test_formal_language_answers():
+    cases = [
+        (ReverseString, lambda x: x[::-1]),
+        (DuplicateString, lambda x: x + x),
+        (BucketSort, sorted),
+        (CycleNavigation, lambda x: [sum(m - 1 for m in x) % 5]),
+    ]
+    for cls, f in cases:
+        t = cls(input_seq_len=30, num_examples=200)
+        s = t.generate(0)
+        for i in range(200):
+            x, y, at_sep = _io(t, s, i)
+            assert at_sep and y == f(x), cls.name
+
+
+def test_modular_arithmetic_matches_python_eval():
+    t = ModularArithmetic(input_seq_len=24, num_examples=300)
+    s = t.generate(0)
+    for i in range(300):
+        x, y, _ = _io(t, s, i)
+        expr = " ".join(t.symbols[c] for c in x)
+        assert len(x) % 2 == 1 and y == [eval(expr) % 5], expr
+
+
+def test_formal_min_length_for_length_generalisation():
+    t = ReverseString(input_seq_len=100, min_length=41, num_examples=100)
+    s = t.generate(0)
+    assert ((s.labels != IGNORE_INDEX).sum(1) >= 41).all()
+    with pytest.raises(FieldError, match="min_length"):
+        ReverseString(input_seq_len=60, min_length=41, num_examples=1)
+
+
+def test_every_task_rejects_a_bad_cross_field_combination():
+    bad = {
+        CompositionalMQAR: {"num_kv_pairs": 5},
+        ForgettingMQAR: {"num_updates": 99},
+        SelectiveCopying: {"num_tokens_to_copy": 200},
+        AssociativeRecall: {"input_seq_len": 3},
+        ModularArithmetic: {"vocab_size": 5},
+    }
+    for cls, override in bad.items():
+        with pytest.raises(FieldError):
+            cls(**{**cls.example, "num_examples": 1, **override})
+
