@@ -76,6 +76,20 @@ PLUGINS = {
         def zoology_register_tasks(registr):
             pass
     '''),
+    "raises": textwrap.dedent('''
+        import torch
+        import zoology
+
+        class Untyped(torch.nn.Module):
+            name = "untyped"
+
+            def __init__(self, d_model, width=2):  # no type hints: not a valid mixer
+                super().__init__()
+
+        @zoology.hookimpl
+        def zoology_register_mixers(register):
+            register(Untyped)
+    '''),
 }
 
 
@@ -117,7 +131,7 @@ def test_builtins_registered_through_hooks():
 
 def test_unknown_name_suggests():
     reg = load_registry(autoload=False)
-    with pytest.raises(UnknownComponent, match="did you mean 'attention'.*available: .*mlp"):
+    with pytest.raises(UnknownComponent, match=r"did you mean 'attention'.*available: .*mlp"):
         reg.get("mixer", "atention")
 
 
@@ -129,8 +143,12 @@ def test_good_plugin_appears(installed, capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert "good" in out and "zoology-good" in out and "1.2.3" in out and "mixer:echo" in out
+    line = next(x for x in out.splitlines() if x.startswith("good "))
+    assert "zoo_good" in line and "tasks, mixers" in line  # entry point and hooks
     assert main(["plugins", "--json"]) == 0
     info = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert info["good"]["entry_point"] == "zoo_good" and info["good"]["distribution"] == "zoology-good"
+    assert set(info["good"]["hooks"]) == {"zoology_register_tasks", "zoology_register_mixers"}
     assert info["good"]["components"] == ["task:mqar_twin", "mixer:echo"] or set(info["good"]["components"]) == {"task:mqar_twin", "mixer:echo"}
     assert main(["mixers"]) == 0
     assert "echo" in capsys.readouterr().out
@@ -183,3 +201,29 @@ def test_misspelled_hook_and_argument(installed):
     assert "typo" in messages and "zoology_register_mixer" in messages
     assert "badarg" in messages and "registr" in messages
     assert "mqar" in reg.names("task")
+
+
+def test_hook_that_raises_names_the_plugin(installed, capsys):
+    installed("raises", "good")
+    with pytest.warns(UserWarning, match=r"'raises'.*zoology_register_mixers raised TypeError.*width"):
+        reg = load_registry()
+    assert "untyped" not in reg.names("mixer")
+    assert {"attention", "echo"} <= set(reg.names("mixer"))
+
+
+def test_failed_plugins_listed_with_their_error(installed, capsys):
+    installed("broken", "dup", "typo", "badarg", "good")
+    with pytest.warns(UserWarning):
+        assert main(["plugins", "--json"]) == 0
+    info = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert "does_not_exist" in info["broken"]["error"]
+    assert "already registered" in info["dup"]["error"]
+    assert "zoology_register_mixer" in info["typo"]["error"]
+    assert "registr" in info["badarg"]["error"]
+    assert info["good"]["error"] is None and info["zoology.builtin"]["error"] is None
+    assert main(["plugins"]) == 0  # the registry is built once per process: no second warning
+    lines = {x.split()[0]: x for x in capsys.readouterr().out.splitlines()[2:]}
+    assert all("FAILED" in lines[n] for n in ("broken", "dup", "typo", "badarg"))
+    assert "FAILED" not in lines["good"]
+    assert main(["tasks"]) == 0  # the CLI keeps working with the built-ins and good plugins
+    assert "mqar_twin" in capsys.readouterr().out

@@ -50,15 +50,20 @@ def _result_line(summary: dict[str, Any], run_dir: Any) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from zoology import checkpoint
     from zoology.config import load_experiments
     from zoology.runs import SUMMARY, RunDir
     from zoology.train import train
 
     experiments = load_experiments(args.experiment, args.set)
+    run_dirs = [RunDir(args.out, exp.name, exp.run_id) for exp in experiments]
+    if args.resume and not any(checkpoint.find(d.path) for d in run_dirs):
+        raise UserError(f"{args.experiment}: --resume: no checkpoint under {args.out} to resume from")
     failed = 0
-    for exp in experiments:
-        run_dir = RunDir(args.out, exp.name, exp.run_id)
-        if run_dir.status() == "done" and not args.rerun:
+    for exp, run_dir in zip(experiments, run_dirs):
+        if args.rerun:
+            checkpoint.remove(run_dir.path)
+        elif run_dir.status() == "done":
             print(f"{exp.name}/{exp.run_id}: already done, skipped (--rerun to train again) → {run_dir}")
             continue
         try:
@@ -107,9 +112,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([attrs.asdict(i) for i in infos], indent=2))
         return EXIT_OK
-    rows = [[i.name, i.distribution or "-", i.version or "-", ", ".join(i.components) or "-",
-             f"FAILED: {i.error}" if i.error else "ok"] for i in infos]
-    print(_table(rows, ["plugin", "distribution", "version", "registers", "status"]))
+    # the long cells last: what it registers, and a failed plugin's error (on one line)
+    rows = [[i.name, i.distribution or "-", i.version or "-", i.entry_point or "(built in)",
+             ", ".join(h.removeprefix("zoology_register_") for h in i.hooks) or "-",
+             "FAILED" if i.error else "ok",
+             "; ".join(x for x in (", ".join(i.components), i.error and " ".join(i.error.split())) if x)
+             or "-"] for i in infos]
+    print(_table(rows, ["plugin", "distribution", "version", "entry point", "hooks (zoology_register_*)",
+                        "status", "registers / error"]))
     return EXIT_OK
 
 
@@ -207,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiment_args(p)
     p.add_argument("--out", type=Path, default=Path("runs"), help="root of run directories (default ./runs)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
-    p.add_argument("--rerun", action="store_true", help="train again runs whose summary says done")
+    p.add_argument("--rerun", action="store_true", help="start every run from scratch, even done ones")
+    p.add_argument("--resume", action="store_true",
+                   help="continue interrupted runs from their checkpoints (the default; errors if there is none)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="load an experiment and build its model, train nothing")

@@ -108,6 +108,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = attrs.field(default=1, validator=at_least(1))
     seed: int = 0
     select_metric: str = attrs.field(default="valid/accuracy", validator=_metric)
+    checkpoint_every: int = attrs.field(default=1, validator=at_least(0))  # epochs; 0 = never
     early_stopping: EarlyStopping | None = None
 
 

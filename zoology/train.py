@@ -7,6 +7,7 @@ Only the main process prints, writes the run directory and talks to wandb.
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import time
@@ -17,13 +18,16 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from zoology import checkpoint
 from zoology.config import Experiment, dump_experiment
 from zoology.data import Split, build_splits, loader
 from zoology.errors import UserError
 from zoology.model import LanguageModel
-from zoology.runs import CONFIG, SUMMARY, RunDir
+from zoology.runs import CONFIG, METRICS, SUMMARY, RunDir
 from zoology.tasks.base import IGNORE_INDEX
 from zoology.tracking import Tracker
 
@@ -141,17 +145,39 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+class EpochShuffle(torch.utils.data.Sampler[int]):
+    """A permutation that depends on (seed, epoch) only, so a resumed run sees the same data
+    order as an uninterrupted one, and every process draws the same permutation to shard.
+    (Deliberately no ``set_epoch``: Accelerate would call it with its own per-loader count,
+    which restarts at 0 after a resume.)"""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __iter__(self) -> Any:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def train(exp: Experiment, run_dir: RunDir, quiet: bool = False) -> dict[str, Any]:
-    """Run ``exp`` to the end and return its summary (also written to ``summary.json``)."""
+    """Run ``exp`` to the end and return its summary (also written to ``summary.json``).
+
+    Resumes from the run directory's checkpoint when there is one for the same experiment."""
     acc = make_accelerator(exp)
     main = acc.is_main_process
     cfg = exp.train
     start = time.time()
+    resolved = dump_experiment(exp)
+    found = checkpoint.find(run_dir.path)
+    if found is not None:
+        old = run_dir.path / CONFIG
+        if not old.exists() or old.read_text(encoding="utf-8") != resolved:
+            raise UserError(f"{run_dir}: holds a checkpoint of a different experiment; "
+                            "use --rerun to start over or --out for another place")
     summary: dict[str, Any] = {"status": "running", "experiment": exp.name, "run_id": exp.run_id}
-    if main:
-        run_dir.write_text(CONFIG, dump_experiment(exp))
-        run_dir.reset_metrics()
-        run_dir.write_json(SUMMARY, summary)
 
     set_seed(cfg.seed)
     splits = build_splits(exp)
@@ -160,10 +186,12 @@ def train(exp: Experiment, run_dir: RunDir, quiet: bool = False) -> dict[str, An
     state_size = model.state_size(exp.max_seq_len)
     micro_batch = exp.data.batch_size // (acc.num_processes * cfg.gradient_accumulation_steps)
     eval_batch = exp.data.eval_batch_size or exp.data.batch_size
-    train_loader = loader(splits["train"], micro_batch, shuffle=True, seed=cfg.seed)
+    order = EpochShuffle(len(splits["train"]), cfg.seed)
+    train_loader = DataLoader(splits["train"].dataset(), batch_size=micro_batch, sampler=order)
     valid_loader = loader(splits["valid"], eval_batch)
     test_loader = loader(splits["test"], eval_batch)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(math.ceil(len(splits["train"]) / (micro_batch * acc.num_processes))
+                                / cfg.gradient_accumulation_steps)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.warmup_steps, steps_per_epoch * cfg.max_epochs)
@@ -171,19 +199,41 @@ def train(exp: Experiment, run_dir: RunDir, quiet: bool = False) -> dict[str, An
     model, optimizer, train_loader, valid_loader, test_loader = acc.prepare(
         model, optimizer, train_loader, valid_loader, test_loader
     )
+    select, stop = cfg.select_metric, cfg.early_stopping
+    best_value, best_record, best_state, metrics = None, {}, None, {}
+    status, step, train_time, first_epoch = "done", 0, 0.0, 1
+    if found is not None:
+        state = checkpoint.load(found, acc.unwrap_model(model), optimizer, acc.process_index)
+        scheduler.load_state_dict(state["scheduler"])
+        step, train_time, first_epoch = state["step"], state["train_time"], state["epoch"] + 1
+        best_value, best_record = state["best_value"], state["best_record"]
+        best_file = found / "best.safetensors"
+        best_state = load_file(str(best_file)) if best_file.exists() else None
+        summary["resumed_from_epoch"] = state["epoch"]
+        if main:
+            run_dir.write_text(METRICS, "".join(json.dumps(r) + "\n" for r in run_dir.metrics()
+                                                if r["epoch"] <= state["epoch"]))
+            if not quiet:
+                print(f"{exp.name}/{exp.run_id}: resuming after epoch {state['epoch']} from {found}")
+    elif main:
+        run_dir.write_text(CONFIG, resolved)
+        run_dir.reset_metrics()
+    if main:
+        run_dir.write_json(SUMMARY, summary)
     tracker = Tracker(exp, str(run_dir.path), enabled=main)
     summary.update(
         num_parameters=num_parameters, state_size=state_size, processes=acc.num_processes,
         micro_batch_size=micro_batch, mixed_precision=cfg.mixed_precision,
         seeds={"train": cfg.seed, **{k: s.seeds for k, s in splits.items()}}, versions=versions(),
     )
-    select = cfg.select_metric
-    stop = cfg.early_stopping
-    best_value, best_record, best_state, metrics = None, {}, None, {}
-    status, step, train_time = "done", 0, 0.0
 
-    for epoch in range(1, cfg.max_epochs + 1):
+    epoch = first_epoch - 1
+    stopped = best_record and stop is not None and _reached(stop.metric, best_record.get(stop.metric, 0), stop.threshold)
+    for epoch in range(first_epoch, cfg.max_epochs + 1):
+        if stopped:
+            break
         model.train()
+        order.epoch = epoch
         epoch_start = time.time()
         total = torch.zeros((), device=acc.device)
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.max_epochs}", disable=quiet or not main,
@@ -220,21 +270,21 @@ def train(exp: Experiment, run_dir: RunDir, quiet: bool = False) -> dict[str, An
             if not quiet:
                 tqdm.write(f"epoch {epoch:>3}  train/loss {train_loss:.4f}  valid/loss "
                            f"{metrics['valid/loss']:.4f}  valid/accuracy {metrics['valid/accuracy']:.4f}")
-        if select not in metrics:
-            raise UserError(f"{exp.name}: train.select_metric: {select!r} is not reported "
-                            f"(reported: {', '.join(sorted(metrics))})")
+        for key, name in ((select, "select_metric"), (stop.metric if stop else select, "early_stopping.metric")):
+            if key not in metrics:
+                raise UserError(f"{exp.name}: train.{name}: {key!r} is not reported "
+                                f"(reported: {', '.join(sorted(metrics))})")
         if _better(select, metrics[select], best_value):
             best_value, best_record = metrics[select], record
             best_state = {k: v.detach().clone() for k, v in acc.unwrap_model(model).state_dict().items()}
-        if stop is not None:
-            if stop.metric not in metrics:
-                raise UserError(f"{exp.name}: train.early_stopping.metric: {stop.metric!r} is not "
-                                f"reported (reported: {', '.join(sorted(metrics))})")
-            if _reached(stop.metric, metrics[stop.metric], stop.threshold):
-                break
+        stopped = stop is not None and _reached(stop.metric, metrics[stop.metric], stop.threshold)
+        if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or stopped or epoch == cfg.max_epochs):
+            save_checkpoint(run_dir, acc, optimizer, {
+                "epoch": epoch, "step": step, "train_time": train_time, "scheduler": scheduler.state_dict(),
+                "best_value": best_value, "best_record": best_record}, best_state, model)
 
     summary.update(status=status, epochs=epoch, best_epoch=best_record.get("epoch"), select_metric=select,
-                   best=best_record, final=metrics,
+                   best=best_record, final=metrics or {k: v for k, v in best_record.items() if k.startswith("valid/")},
                    train_steps=step, train_steps_per_s=round(step / max(train_time, 1e-9), 2))
     if best_state is not None:
         acc.unwrap_model(model).load_state_dict(best_state)
@@ -250,3 +300,17 @@ def train(exp: Experiment, run_dir: RunDir, quiet: bool = False) -> dict[str, An
         tracker.finish(summary)
     acc.wait_for_everyone()
     return summary
+
+
+def save_checkpoint(run_dir: RunDir, acc: Accelerator, optimizer: Any, state: dict[str, Any],
+                    best_state: dict[str, torch.Tensor] | None, model: torch.nn.Module) -> None:
+    """Every process writes its RNG; the main process writes the rest and swaps it in."""
+    acc.wait_for_everyone()
+    checkpoint.write_rng(run_dir.path, acc.process_index)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        if best_state is not None:
+            save_file({k: v.contiguous() for k, v in best_state.items()},
+                      str(run_dir.path / checkpoint.PARTIAL / "best.safetensors"))
+        checkpoint.write(run_dir.path, acc.unwrap_model(model), optimizer, state)
+    acc.wait_for_everyone()
