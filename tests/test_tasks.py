@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,7 +32,15 @@ from zoology.tasks.mad import (
 )
 from zoology.tasks.mqar import MQAR, CompositionalMQAR, ForgettingMQAR
 from zoology.tasks.recall import AssociativeRecall, InductionHead
-from zoology.tasks.sampling import distinct, first_occurrence, generator, weighted_distinct
+from zoology.tasks.sampling import (
+    distinct,
+    first_occurrence,
+    generator,
+    np_distinct,
+    np_generator,
+    np_weighted_distinct,
+    weighted_distinct,
+)
 from zoology.testing import check_task
 
 
@@ -72,6 +81,64 @@ def test_weighted_distinct_matches_successive_sampling():
     x = weighted_distinct(100_000, 2, w, generator(3))
     pair01 = ((x.min(1).values == 0) & (x.max(1).values == 1)).float().mean()
     assert abs(pair01 - (0.25 + 1 / 6)) < 0.01
+
+
+def test_np_distinct_rows_unique_in_range_and_uniform():
+    for k, lo, hi in [(4, 1, 4096), (64, 1, 4096), (64, 4096, 8192), (8, 3, 12), (12, 0, 12), (1, 5, 6)]:
+        x = np_distinct(2000, k, lo, hi, np_generator(0))
+        assert x.dtype == np.int64 and x.shape == (2000, k) and x.min() >= lo and x.max() < hi
+        assert (np.diff(np.sort(x, axis=1), axis=1) > 0).all()
+    x = np_distinct(60_000, 2, 0, 4, np_generator(1))  # 12 ordered pairs, equally likely
+    counts = np.bincount(x[:, 0] * 4 + x[:, 1], minlength=16)
+    nz = counts[counts > 0]
+    assert len(nz) == 12 and np.abs(nz / nz.mean() - 1).max() < 0.05
+    x = np_distinct(60_000, 3, 0, 5, np_generator(2))  # the redraw path, 60 ordered triples
+    codes = (x * [25, 5, 1]).sum(1)
+    counts = np.bincount(codes, minlength=125)
+    nz = counts[counts > 0]
+    assert len(nz) == 60 and np.abs(nz / nz.mean() - 1).max() < 0.15
+
+
+def test_np_weighted_distinct_is_ordered_successive_sampling():
+    w = np.array([4.0, 2.0, 1.0, 1.0])
+    x = np_weighted_distinct(100_000, 1, w, np_generator(2))
+    assert np.allclose(np.bincount(x[:, 0], minlength=4) / len(x), w / w.sum(), atol=0.01)
+    x = np_weighted_distinct(200_000, 2, w, np_generator(3))
+    # order matters, as with np.random.choice(4, 2, replace=False, p=w/8)
+    assert abs(((x[:, 0] == 0) & (x[:, 1] == 1)).mean() - 4 / 8 * 2 / 4) < 0.005
+    assert abs(((x[:, 0] == 1) & (x[:, 1] == 0)).mean() - 2 / 8 * 4 / 6) < 0.005
+    assert abs(((x[:, 0] == 2) & (x[:, 1] == 3)).mean() - 1 / 8 * 1 / 7) < 0.003
+    x = np_weighted_distinct(3000, 4, w, np_generator(4))  # k = size: a permutation per row
+    assert (np.sort(x, axis=1) == np.arange(4)).all()
+
+
+def test_mqar_gaps_are_drawn_in_key_order_like_upstream():
+    # upstream: gap j (for the key of pair j) is the j-th draw of np.random.choice(replace=False, p)
+    t = MQAR(vocab_size=256, input_seq_len=24, num_kv_pairs=2, power_a=0.5, num_examples=60_000)
+    s = t.generate(0)
+    pos = (s.labels != IGNORE_INDEX).long()
+    first_key = s.inputs[:, 0]
+    at = (s.inputs == first_key[:, None]) & (pos == 1)
+    g0 = at.long().argmax(1)
+    later = ((pos == 1) & ~at).long().argmax(1)
+    space = (24 - 4) // 2
+    w = np.arange(1, space + 1) ** -0.5
+    w /= w.sum()
+    exact = sum(w[a] * w[b] / (1 - w[a]) for a in range(space) for b in range(a + 1, space))
+    assert abs((g0 < later).double().mean().item() - exact) < 0.01
+
+
+def test_mqar_same_tensors_with_and_without_the_second_thread():
+    t = MQAR(vocab_size=512, input_seq_len=256, num_kv_pairs=16, num_examples=4000)  # >= 1M tokens
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = t.generate(7)
+        torch.set_num_threads(2)
+        b = t.generate(7)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels)
 
 
 def test_first_occurrence():

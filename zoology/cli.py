@@ -50,37 +50,76 @@ def _result_line(summary: dict[str, Any], run_dir: Any) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from zoology import checkpoint
-    from zoology.config import load_experiments
+    from zoology import checkpoint, launch
+    from zoology.config import load_experiments, read_toml
     from zoology.runs import SUMMARY, RunDir
+    from zoology.sweep import expand
     from zoology.train import train
 
-    experiments = load_experiments(args.experiment, args.set)
+    experiments = load_experiments(args.experiment, args.set)  # every run validated up front
+    if args.only:
+        unknown = sorted(set(args.only) - {e.run_id for e in experiments})
+        if unknown:
+            raise UserError(f"{args.experiment}: --only: no run {', '.join(unknown)} "
+                            f"(runs: {', '.join(e.run_id for e in experiments)})")
+        experiments = [e for e in experiments if e.run_id in args.only]
+    if args.dry_run:
+        points = {p.run_id: p.values for p in expand(read_toml(args.experiment), str(args.experiment))}
+        rows = [[e.run_id, RunDir(args.out, e.name, e.run_id).status() or "-",
+                 " ".join(f"{k}={_fmt(v)}" for k, v in points.get(e.run_id, {}).items())] for e in experiments]
+        print(_table(rows, ["run", "status", "varied values"]))
+        print(f"{len(experiments)} runs, all valid; nothing trained (--dry-run)")
+        return EXIT_OK
     run_dirs = [RunDir(args.out, exp.name, exp.run_id) for exp in experiments]
     if args.resume and not any(checkpoint.find(d.path) for d in run_dirs):
         raise UserError(f"{args.experiment}: --resume: no checkpoint under {args.out} to resume from")
-    failed = 0
+    todo = []
     for exp, run_dir in zip(experiments, run_dirs):
         if args.rerun:
             checkpoint.remove(run_dir.path)
         elif run_dir.status() == "done":
             print(f"{exp.name}/{exp.run_id}: already done, skipped (--rerun to train again) → {run_dir}")
             continue
-        try:
-            summary = train(exp, run_dir, quiet=args.quiet)
-        except (UserError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            failed += 1
-            run_dir.write_text("error.log", traceback.format_exc())
-            summary = {"status": "failed", "experiment": exp.name, "run_id": exp.run_id,
-                       "error": f"{type(exc).__name__}: {exc} (see error.log)"}
-            run_dir.write_json(SUMMARY, summary)
+        todo.append((exp, run_dir))
+
+    def report(summary: dict[str, Any], run_dir: Any) -> None:
         if summary.get("processes", 1) == 1 or _is_main():
             print(_result_line(summary, run_dir), flush=True)
+
+    if args.backend == "ray" or args.parallel > 1:
+        jobs = [(run_dir, launch.worker_command(args.experiment, exp.run_id, args.out, args.set, args.rerun), exp.name)
+                for exp, run_dir in todo]
+        if args.backend == "ray":
+            failed = launch.run_ray(jobs, args.address, args.cpus_per_run, args.gpus_per_run, report)
+        else:
+            failed = launch.run_local(jobs, args.parallel, report)
+    else:
+        failed = 0
+        for exp, run_dir in todo:
+            try:
+                summary = train(exp, run_dir, quiet=args.quiet)
+            except (UserError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                failed += 1
+                run_dir.write_text("error.log", traceback.format_exc())
+                summary = {"status": "failed", "experiment": exp.name, "run_id": exp.run_id,
+                           "error": f"{type(exc).__name__}: {exc} (see error.log)"}
+                run_dir.write_json(SUMMARY, summary)
+            report(summary, run_dir)
     if len(experiments) > 1:
-        print(f"{len(experiments)} runs, {failed} failed")
+        print(f"{len(experiments)} runs: {len(experiments) - len(todo)} already done, {len(todo)} run, {failed} failed")
+        if failed:
+            for exp, run_dir in todo:
+                if run_dir.status() == "failed":
+                    print(f"  failed: {exp.run_id} → {run_dir}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _fmt(value: Any) -> str:
+    from zoology.sweep import fmt
+
+    return fmt(value)
 
 
 def _is_main() -> bool:
@@ -201,6 +240,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_data_export(args: argparse.Namespace) -> int:
+    from zoology.config import load_experiment
+    from zoology.data import export_splits
+
+    exp = load_experiment(args.experiment, args.set)
+    try:
+        written = export_splits(exp, args.out)
+    except OSError as exc:
+        raise UserError(f"--out {args.out}: cannot write: {exc.strerror or exc}") from None
+    for path in written:
+        print(path)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from zoology.report import report
+
+    print(report(args.runs_dir, group_by=args.group_by, best_over=args.best_over, csv_path=args.csv,
+                 plot_path=args.plot, x=args.x, metric=args.metric))
+    return EXIT_OK
+
+
 # -- entry point ---------------------------------------------------------------------------
 
 
@@ -220,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="store_true", help="start every run from scratch, even done ones")
     p.add_argument("--resume", action="store_true",
                    help="continue interrupted runs from their checkpoints (the default; errors if there is none)")
+    p.add_argument("--dry-run", action="store_true", help="list and validate every run; train nothing")
+    p.add_argument("--only", action="append", metavar="RUN_ID", help="run only this sweep point (repeatable)")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="N local worker processes, one per run (GPUs or CPU cores shared out)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local", help="where worker runs go")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray resources per run")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray resources per run")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="load an experiment and build its model, train nothing")
@@ -242,10 +311,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no per-row progress on stderr")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("data", help="the data an experiment trains on")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser("export", help="write the exact train/valid/test tensors (safetensors) "
+                                           "and a TOML saying what produced them")
+    experiment_args(p)
+    p.add_argument("--out", type=Path, required=True, help="folder to write into")
+    p.set_defaults(func=cmd_data_export)
+
     p = sub.add_parser("show", help="parameters and docs of one task or mixer")
     p.add_argument("kind", choices=["task", "mixer"])
     p.add_argument("name")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("report", help="table (and figure) of the runs under a directory")
+    p.add_argument("runs_dir", type=Path, metavar="RUNS_DIR",
+                   help="a runs root, an experiment folder or one run")
+    p.add_argument("--group-by", action="append", default=[], metavar="KEY",
+                   help="a column: an alias (mixer, d_model, lr, seq_len, num_kv_pairs, experiment) "
+                        "or a dotted config path (default: the aliases that vary)")
+    p.add_argument("--best-over", action="append", default=[], metavar="KEY",
+                   help="keep the validation-best run of runs differing only in KEY, "
+                        "e.g. --best-over lr")
+    p.add_argument("--csv", type=Path, metavar="OUT.csv", help="where the CSV goes (default RUNS_DIR/report.csv)")
+    p.add_argument("--plot", type=Path, metavar="OUT.png", help="draw accuracy vs state size, a panel per seq len")
+    p.add_argument("--x", choices=["state_size", "d_model"], default="state_size", help="the figure's x axis")
+    p.add_argument("--metric", default="test/accuracy",
+                   help="test metric to report (selection uses its valid/ twin); default test/accuracy")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -8,6 +8,7 @@ parameters are structured into their own schema.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 import typing
@@ -63,6 +64,9 @@ class DataConfig:
     batch_size: int = attrs.field(default=32, validator=at_least(1))
     eval_batch_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(at_least(1)))
     seed: int = 123
+    # on-disk segment cache: true = $XDG_CACHE_HOME/zoology (~/.cache/zoology), a string = that
+    # folder, false = off (see zoology/cache.py)
+    cache_dir: bool | str = False
 
 
 @attrs.frozen
@@ -172,11 +176,18 @@ def _literal(tp: Any) -> Any:
     return structure
 
 
+def _bool_or_str(value: Any, _: Any) -> bool | str:
+    if not isinstance(value, (bool, str)):
+        raise TypeError(f"must be true, false or a string (a folder), got {type(value).__name__} {value!r}")
+    return value
+
+
 def make_converter(registry: Registry | None = None) -> cattrs.Converter:
     """The strict converter; ``registry`` resolves task and mixer names (default: installed)."""
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     for tp in (int, float, bool, str):
         conv.register_structure_hook(tp, _strict(tp))
+    conv.register_structure_hook_func(lambda t: t == (bool | str), _bool_or_str)
     conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is Literal, _literal)
 
     def attrs_factory(cl: type) -> Any:
@@ -297,23 +308,40 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.0.c`` in nested tables/arrays, creating tables as needed."""
-    node: Any = tree
+    """Set ``a.b.0.c`` in nested tables/arrays, creating tables as needed.
+
+    ``*`` stands for every item of an array or every table/array value of a table, and an
+    array met where a key is expected applies the rest to each of its tables, so
+    ``data.*.input_seq_len`` sets the length of every train and test segment."""
     parts = dotted.split(".")
-    for i, part in enumerate(parts):
+
+    def visit(node: Any, i: int, where: str) -> int:
+        part = parts[i]
         last = i == len(parts) - 1
+        if isinstance(node, list) and not (part.isdigit() or part == "*"):
+            return sum(visit(item, i, f"{where}.{j}") for j, item in enumerate(node))
+        if part == "*":
+            items = list(enumerate(node)) if isinstance(node, list) else \
+                [(k, v) for k, v in node.items() if isinstance(v, (dict, list))] if isinstance(node, dict) else []
+            if last or not items:
+                raise UserError(f"{dotted}: '*' at {where or 'the top'} matches no table or array to descend into")
+            return sum(visit(child, i + 1, f"{where}.{k}".lstrip(".")) for k, child in items)
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise UserError(f"{dotted}: {'.'.join(parts[:i]) or 'root'} has no item {part}")
-            part = int(part)
-        elif not isinstance(node, dict):
-            raise UserError(f"{dotted}: {'.'.join(parts[:i])} is not a table")
-        if last:
-            node[part] = value
+            if int(part) >= len(node):
+                raise UserError(f"{dotted}: {where or 'the top'} has no item {part} (it has {len(node)})")
+            key: Any = int(part)
+        elif isinstance(node, dict):
+            key = part
         else:
-            if isinstance(node, dict) and part not in node:
-                node[part] = {}
-            node = node[part]
+            raise UserError(f"{dotted}: {where} is a value, not a table")
+        if last:
+            node[key] = copy.deepcopy(value)
+            return 1
+        if isinstance(node, dict) and key not in node:
+            node[key] = {}
+        return visit(node[key], i + 1, f"{where}.{part}".lstrip("."))
+
+    visit(tree, 0, "")
 
 
 def structure_experiment(raw: dict[str, Any], source: str, registry: Registry | None = None) -> Experiment:
@@ -377,11 +405,11 @@ def load_experiments(
         set_path(raw, *parse_override(text))
     raw.setdefault("name", Path(path).stem)
     experiments, problems = [], []
-    for run_raw in expand(raw, str(path)):
+    for point in expand(raw, str(path)):
         try:
-            experiments.append(structure_experiment(run_raw, str(path), registry))
+            experiments.append(structure_experiment(point.raw, str(path), registry))
         except ConfigError as exc:
-            prefix = f"run {run_raw['run_id']}: " if "sweep" in raw else ""
+            prefix = f"run {point.run_id}: " if "sweep" in raw else ""
             problems += [(p, prefix + m) for p, m in exc.problems]
     if problems:
         raise ConfigError(str(path), list(dict.fromkeys(problems)))

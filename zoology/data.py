@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from zoology.cache import cached_generate, resolve_cache_dir
 from zoology.config import Experiment
 from zoology.tasks.base import IGNORE_INDEX, Task
 
@@ -38,11 +40,12 @@ class Split:
         return TensorDataset(self.inputs, self.labels, self.segment)
 
 
-def build_split(tasks: list[Task], split: str, base_seed: int) -> Split:
-    """Generate every segment of a split. Padding is on the right (inputs 0, labels -100),
-    which a causal model never sees from the positions that are scored."""
+def build_split(tasks: list[Task], split: str, base_seed: int, cache_dir: Path | None = None) -> Split:
+    """Generate every segment of a split (through the on-disk cache in ``cache_dir`` if
+    given). Padding is on the right (inputs 0, labels -100), which a causal model never sees
+    from the positions that are scored."""
     seeds = [segment_seed(base_seed, split, i) for i in range(len(tasks))]
-    segments = [task.generate(seed) for task, seed in zip(tasks, seeds)]
+    segments = [cached_generate(task, seed, cache_dir) for task, seed in zip(tasks, seeds)]
     length = max(s.seq_len for s in segments)
 
     def pad(t: torch.Tensor, value: int) -> torch.Tensor:
@@ -59,10 +62,66 @@ def build_split(tasks: list[Task], split: str, base_seed: int) -> Split:
 
 def build_splits(exp: Experiment) -> dict[str, Split]:
     """train from data.train; valid and test from data.test with different seeds."""
-    specs = {"train": exp.data.train, "valid": exp.data.test, "test": exp.data.test}
-    return {name: build_split(tasks, name, exp.data.seed) for name, tasks in specs.items()}
+    cache_dir = resolve_cache_dir(exp.data.cache_dir)
+    return {name: build_split(tasks, name, exp.data.seed, cache_dir) for name, tasks in split_specs(exp).items()}
+
+
+def split_specs(exp: Experiment) -> dict[str, list[Task]]:
+    """The segment specs of each split: valid reuses the test specs (with its own seeds)."""
+    return {"train": exp.data.train, "valid": exp.data.test, "test": exp.data.test}
 
 
 def loader(split: Split, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(split.dataset(), batch_size=batch_size, shuffle=shuffle, generator=gen)
+
+
+def export_splits(exp: Experiment, out: str | Path) -> list[Path]:
+    """Write the exact train/valid/test tensors ``exp`` trains and scores on into ``out``:
+    ``<split>.safetensors`` (inputs, labels, segment) per split and ``data.toml`` saying
+    what produced them (the resolved [data] section; per segment its task, parameters,
+    seed, generator version and slices; the zoology version). Every file is written
+    atomically. Returns the paths written."""
+    import json
+
+    import tomli_w
+    from safetensors.torch import save
+
+    import zoology
+    from zoology.cache import describe
+    from zoology.config import _drop_none, to_dict
+    from zoology.errors import UserError
+    from zoology.runs import atomic_write
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    splits = build_splits(exp)
+    resolved = to_dict(exp)
+    info: dict[str, Any] = {
+        "zoology_version": zoology.__version__,
+        "experiment": exp.name,
+        "run_id": exp.run_id,
+        "data": resolved["data"],
+        "splits": {},
+    }
+    written = []
+    for name, tasks in split_specs(exp).items():
+        split = splits[name]
+        segments = []
+        for i, (task, seed, slices) in enumerate(zip(tasks, split.seeds, split.slices)):
+            segments.append({"index": i, **describe(task, seed), "slices": slices,
+                             "rows": int((split.segment == i).sum())})
+        file = f"{name}.safetensors"
+        meta = {"split": name, "zoology_version": zoology.__version__,
+                "segments": json.dumps(segments, default=str)}
+        tensors = {"inputs": split.inputs.contiguous(), "labels": split.labels.contiguous(),
+                   "segment": split.segment.contiguous()}
+        atomic_write(out / file, save(tensors, metadata=meta))
+        written.append(out / file)
+        info["splits"][name] = {"file": file, "num_examples": len(split), "seq_len": int(split.inputs.shape[1]),
+                                "segments": segments}
+    atomic_write(out / "data.toml", tomli_w.dumps(_drop_none(info)).encode("utf-8"))
+    written.append(out / "data.toml")
+    return written
+

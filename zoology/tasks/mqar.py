@@ -7,9 +7,14 @@ Models" (arXiv 2312.04927); ``num_passes`` repeats the context as in JRT (arXiv 
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import math
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
+import numpy as np
 import torch
 
 from zoology.errors import FieldError
@@ -19,6 +24,10 @@ from zoology.tasks.sampling import (
     empty_long,
     full_long,
     generator,
+    np_distinct,
+    np_generator,
+    np_uniform_ints_,
+    np_weighted_distinct,
     uniform_ints_,
     weighted_distinct,
 )
@@ -41,7 +50,7 @@ class MQAR(Task):
     """
 
     name = "mqar"
-    version = 2  # faster sampler: same distribution, other tensors for a seed
+    version = 3  # numpy (PCG64) sampler: same distribution, other tensors for a seed
     example = {"vocab_size": 32, "input_seq_len": 24, "num_kv_pairs": 3}
     # the settings upstream Zoology was timed at (see REFERENCE.md)
     bench_params = [
@@ -79,32 +88,63 @@ class MQAR(Task):
         return {"num_kv_pairs": self.num_kv_pairs, "input_seq_len": self.input_seq_len}
 
     def generate(self, seed: int) -> Segment:
-        gen = generator(seed)
+        # three independent streams, so the gaps can be drawn on a second core while this
+        # one draws the rest; the tensors do not depend on whether it does
+        rng, gap_rng, fill_rng = (np_generator(s) for s in np.random.SeedSequence(seed).spawn(3))
         n, k, seq_len, vocab = self.num_examples, self.num_kv_pairs, self.input_seq_len, self.vocab_size
         context = 2 * k * self.num_passes
-        keys = distinct(n, k, 1, vocab // 2, gen)  # [n, k]
-        values = distinct(n, k, vocab // 2, vocab, gen)  # [n, k]
 
-        # query gaps: g in [0, space), the key sits at context + 2g, its value is scored there
+        # query gaps: g in [0, space), the key sits at context + 2g, its value is scored there;
+        # gap j is drawn j-th (successive sampling), as upstream's np.random.choice
         space = (seq_len - context) // 2
-        g = torch.arange(1, space + 1, dtype=torch.float64)
-        gaps = weighted_distinct(n, k, self.power_a * g ** (self.power_a - 1), gen)  # [n, k]
+        weights = _power_law(space, self.power_a).numpy()
+        with _maybe_parallel(n * seq_len) as run:
+            gaps = run(np_weighted_distinct, n, k, weights, gap_rng)  # [n, k]
+            keys = np_distinct(n, k, 1, vocab // 2, rng)  # [n, k]
+            values = np_distinct(n, k, vocab // 2, vocab, rng)  # [n, k]
+            inputs = _empty(n, seq_len)
+            if self.random_non_queries:
+                np_uniform_ints_(inputs[:, context:], 0, vocab, fill_rng)
+            else:
+                inputs[:, context:] = 0
+            labels = _empty(n, seq_len)
+            labels.fill(IGNORE_INDEX)
+            gaps = gaps()
         positions = context + 2 * gaps
 
-        inputs = empty_long(n, seq_len)
-        pairs = torch.stack([keys, values], dim=2).view(n, 2 * k)  # k1 v1 k2 v2 ...
-        inputs[:, :context] = pairs.repeat(1, self.num_passes) if self.num_passes > 1 else pairs
-        if self.random_non_queries:
-            uniform_ints_(inputs[:, context:], 0, vocab, gen)
-        else:
-            inputs[:, context:] = 0
-        inputs.scatter_(1, positions, keys)
-        labels = full_long((n, seq_len), IGNORE_INDEX)
-        labels.scatter_(1, positions, values)
-        return Segment(inputs, labels, self.slices())
+        inputs[:, 0:2 * k:2] = keys  # k1 v1 k2 v2 ...
+        inputs[:, 1:2 * k:2] = values
+        for i in range(1, self.num_passes):
+            inputs[:, 2 * k * i: 2 * k * (i + 1)] = inputs[:, : 2 * k]
+        flat = (positions + np.arange(0, n * seq_len, seq_len)[:, None]).ravel()  # [n*k] into [n*L]
+        inputs.reshape(-1)[flat] = keys.ravel()
+        labels.reshape(-1)[flat] = values.ravel()
+        return Segment(torch.from_numpy(inputs), torch.from_numpy(labels), self.slices())
 
     def decode(self, token: int) -> str:
         return f"k{token}" if token < self.vocab_size // 2 else f"v{token}"
+
+
+def _empty(n: int, length: int) -> np.ndarray:
+    """An int64 buffer from torch's allocator (plain pages: in a fresh process the first touch
+    of numpy's huge-page-advised buffers measured several times slower on our VMs)."""
+    return torch.empty((n, length), dtype=torch.int64).numpy()
+
+
+@contextlib.contextmanager
+def _maybe_parallel(size: int) -> Iterator[Callable[..., Callable[[], Any]]]:
+    """``run(f, *args)`` starts ``f`` on a second thread when torch may use more than one and
+    the work is big enough, else calls it at once; either way it returns a function that
+    gives the result."""
+    if size < 1_000_000 or torch.get_num_threads() < 2:
+        def now(f: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+            result = f(*args)
+            return lambda: result
+
+        yield now
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        yield lambda f, *args: pool.submit(f, *args).result
 
 
 def _power_law(space: int, power_a: float) -> torch.Tensor:

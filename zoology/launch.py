@@ -1,0 +1,118 @@
+"""Executors for many runs: in this process, in local worker processes, or as Ray tasks.
+
+Workers run ``python -m zoology run EXP --only RUN_ID`` so that a run that crashes or is
+killed takes nothing else down: its log is kept and it is recorded as failed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from zoology.errors import UserError
+from zoology.runs import SUMMARY, RunDir
+
+Report = Callable[[dict[str, Any], RunDir], None]
+
+
+def worker_command(experiment: Path, run_id: str, out: Path, overrides: list[str], rerun: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "zoology", "run", str(experiment), "--only", run_id, "--out", str(out), "--quiet"]
+    for text in overrides:
+        cmd += ["--set", text]
+    return cmd + (["--rerun"] if rerun else [])
+
+
+def slot_env(slot: int, parallel: int) -> dict[str, str]:
+    """Device hand-out: GPU ``slot % n`` when there are GPUs, else an equal share of the cores."""
+    import torch
+
+    env = dict(os.environ)
+    if torch.cuda.is_available():
+        env["CUDA_VISIBLE_DEVICES"] = str(slot % torch.cuda.device_count())
+    threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
+    return env
+
+
+def record_exit(run_dir: RunDir, run_id: str, experiment: str, code: int) -> dict[str, Any]:
+    """The worker's summary; if it died without writing a final one, a failed one."""
+    summary = run_dir.read_json(SUMMARY) or {}
+    if code != 0 and summary.get("status") not in ("failed", "done", "diverged"):
+        how = f"killed by signal {-code}" if code < 0 else f"worker exited with code {code}"
+        summary = {"status": "failed", "experiment": experiment, "run_id": run_id,
+                   "error": f"{how} (see worker.log)"}
+        run_dir.write_json(SUMMARY, summary)
+    return summary
+
+
+def run_local(jobs: list[tuple[RunDir, list[str], str]], parallel: int, report: Report) -> int:
+    """Run each (run dir, command, experiment name) in a worker process, ``parallel`` at a time."""
+    pending = list(jobs)
+    running: dict[int, tuple[subprocess.Popen, RunDir, str, Any]] = {}
+    failed = 0
+    while pending or running:
+        for slot in range(parallel):
+            if slot not in running and pending:
+                run_dir, cmd, name = pending.pop(0)
+                run_dir.path.mkdir(parents=True, exist_ok=True)
+                log = open(run_dir.path / "worker.log", "wb")  # noqa: SIM115 (closed when the worker ends)
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=slot_env(slot, parallel))
+                running[slot] = (proc, run_dir, name, log)
+        time.sleep(0.2)
+        for slot, (proc, run_dir, name, log) in list(running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            log.close()
+            del running[slot]
+            summary = record_exit(run_dir, run_dir.path.name, name, code)
+            failed += summary.get("status") == "failed"
+            report(summary, run_dir)
+    return failed
+
+
+def run_ray(jobs: list[tuple[RunDir, list[str], str]], address: str | None, cpus: float, gpus: float,
+            report: Report) -> int:
+    """Each run as a Ray task (``pip install zoology[ray]``); paths must be shared by the nodes."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--backend ray needs Ray: pip install 'zoology[ray]'") from None
+
+    @ray.remote(num_cpus=cpus, num_gpus=gpus)
+    def execute(cmd: list[str], log_path: str) -> int:
+        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, int(cpus))))
+        with open(log_path, "wb") as log:
+            return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 **({} if address else {"num_cpus": os.cpu_count()}))
+    try:
+        futures = {}
+        for run_dir, cmd, name in jobs:
+            run_dir.path.mkdir(parents=True, exist_ok=True)
+            futures[execute.remote(cmd, str(run_dir.path / "worker.log"))] = (run_dir, name)
+        failed = 0
+        remaining = list(futures)
+        while remaining:
+            done, remaining = ray.wait(remaining, num_returns=1)
+            run_dir, name = futures[done[0]]
+            try:
+                code = ray.get(done[0])
+            except Exception as exc:  # the task itself died (node lost, OOM-killed worker)
+                code = 1
+                run_dir.write_text("ray.log", f"{type(exc).__name__}: {exc}\n")
+            summary = record_exit(run_dir, run_dir.path.name, name, code)
+            failed += summary.get("status") == "failed"
+            report(summary, run_dir)
+        return failed
+    finally:
+        if started_here:
+            ray.shutdown()

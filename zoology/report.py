@@ -1,0 +1,493 @@
+"""Tables and figures from run directories: ``zoology report``.
+
+A run directory is any folder holding ``summary.json`` (and, normally, the resolved
+``config.toml``). Runs are described by *keys*: dotted paths into the resolved config
+(``model.d_model``, ``data.test.0.input_seq_len``) or a few short aliases (``ALIASES``).
+
+``best_over`` keys implement the Zoology paper's "best of several learning rates": runs
+whose resolved configs are identical except for those keys compete, and the one with the
+best *validation* metric is kept (its test metric is what the table shows). Done runs
+always win over failed, diverged or unfinished ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import fnmatch
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli
+
+from zoology.errors import UserError
+from zoology.runs import CONFIG, SUMMARY, atomic_write
+
+ALIASES: dict[str, str] = {
+    "experiment": "the experiment name",
+    "mixer": "sequence mixer name(s) joined with '+', or the sweep label if recorded",
+    "d_model": "model.d_model",
+    "lr": "train.learning_rate",
+    "seq_len": "the longest input_seq_len of the test segments",
+    "num_kv_pairs": "the largest num_kv_pairs of the test segments",
+}
+# the config paths that --best-over ALIAS lets vary
+ALIAS_PATHS: dict[str, tuple[str, ...]] = {
+    "experiment": ("name",),
+    "mixer": ("model.sequence_mixer",),
+    "d_model": ("model.d_model",),
+    "lr": ("train.learning_rate",),
+    "seq_len": ("data.*.*.input_seq_len",),
+    "num_kv_pairs": ("data.*.*.num_kv_pairs",),
+}
+DEFAULT_GROUP_BY = ("experiment", "mixer", "seq_len", "num_kv_pairs", "d_model", "lr")
+STATUS_RANK = {"done": 0, "diverged": 1, "running": 2, "failed": 3}
+X_AXES = {"state_size": "state size (scalars per sequence)", "d_model": "model dimension (d_model)"}
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One run directory: its summary and its resolved config as plain data."""
+
+    path: Path
+    summary: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status") or "unknown")
+
+    @property
+    def label(self) -> str:
+        exp = self.summary.get("experiment") or self.config.get("name") or self.path.parent.name
+        run_id = self.summary.get("run_id") or self.config.get("run_id") or self.path.name
+        return f"{exp}/{run_id}"
+
+    def metric(self, name: str) -> float | None:
+        """A test metric (``test/...``) of the selected model, or a validation metric
+        (``valid/...``) of the selection epoch; None if the run has none."""
+        source = self.summary.get("test") if name.startswith("test/") else self.summary.get("best")
+        value = (source or {}).get(name)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        return tomli.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomli.TOMLDecodeError):
+        return {}
+
+
+def find_runs(root: str | Path) -> list[Run]:
+    """Every run directory at or under ``root`` (a runs root, an experiment folder or one run)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such directory")
+    runs = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if SUMMARY in files:
+            dirs[:] = []  # a run's own sub-folders (checkpoints) hold no runs
+            path = Path(folder)
+            summary = _read_json(path / SUMMARY) or {"status": "unreadable"}
+            runs.append(Run(path, summary, _read_config(path / CONFIG)))
+    if not runs:
+        raise UserError(f"{root}: no runs found (no folder with {SUMMARY} at or below it)")
+    return runs
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+def _normalize(key: str) -> str:
+    """``data.train[0].x`` → ``data.train.0.x``."""
+    return re.sub(r"\[(\d+)\]", r".\1", key).strip(".")
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    node = tree
+    for part in dotted.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _mixer_name(run: Run) -> str | None:
+    for record in ("sweep", "labels"):  # the sweep point's values, where a run records them
+        values = run.summary.get(record)
+        for key, value in values.items() if isinstance(values, dict) else ():
+            label = value.get("label") if isinstance(value, dict) else value
+            if _normalize(str(key)).startswith("model.sequence_mixer") and isinstance(label, str):
+                return label
+    specs = _lookup(run.config, "model.sequence_mixer")
+    if isinstance(specs, dict):
+        specs = [specs]
+    if not isinstance(specs, list):
+        return None
+    n_layers = _lookup(run.config, "model.n_layers")
+    if isinstance(n_layers, int):
+        specs = specs[:n_layers]
+    names = [str(s.get("name")) for s in specs if isinstance(s, dict)]
+    return "+".join(dict.fromkeys(names)) or None
+
+
+def _test_max(run: Run, param: str) -> Any:
+    values = [t.get(param) for t in _lookup(run.config, "data.test") or [] if isinstance(t, dict)]
+    values = [v for v in values if isinstance(v, (int, float))]
+    return max(values) if values else None
+
+
+def key_value(run: Run, key: str) -> Any:
+    """The value of an alias or a dotted config path for ``run`` (None where it has none)."""
+    if key == "experiment":
+        return run.summary.get("experiment") or run.config.get("name")
+    if key == "mixer":
+        return _mixer_name(run)
+    if key in ("seq_len", "num_kv_pairs"):
+        return _test_max(run, "input_seq_len" if key == "seq_len" else key)
+    if key in ("d_model", "lr"):
+        return _lookup(run.config, ALIAS_PATHS[key][0])
+    return _lookup(run.config, _normalize(key))
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a config as ``dotted.path → value`` (arrays of tables get indices)."""
+    if isinstance(tree, dict):
+        items: Iterable[tuple[Any, Any]] = tree.items()
+    elif isinstance(tree, list) and any(isinstance(v, (dict, list)) for v in tree):
+        items = enumerate(tree)
+    else:
+        return {prefix: tuple(tree) if isinstance(tree, list) else tree}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def available_keys(runs: Sequence[Run]) -> list[str]:
+    """The aliases, then every dotted config path any run has."""
+    paths: dict[str, None] = {}
+    for run in runs:
+        paths.update(dict.fromkeys(flatten(run.config)))
+    return [*ALIASES, *sorted(p for p in paths if p not in ("run_id", "name"))]
+
+
+def check_keys(runs: Sequence[Run], keys: Sequence[str], option: str) -> None:
+    """UserError for a key that no run has, listing the keys there are."""
+    for key in keys:
+        if key in ALIASES or any(key_value(r, key) is not None for r in runs):
+            continue
+        avail = available_keys(runs)
+        close = difflib.get_close_matches(key, avail, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"{option} {key}: unknown key; {hint}available: {', '.join(avail)}")
+
+
+def _excluded(path: str, keys: Sequence[str]) -> bool:
+    patterns = [p for k in keys for p in ALIAS_PATHS.get(k, (_normalize(k),))]
+    return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(path, p + ".*") for p in patterns)
+
+
+def _identity(run: Run, best_over: Sequence[str]) -> tuple:
+    """What a run is, apart from ``best_over`` keys and its run id."""
+    if not run.config:
+        return ("no config", str(run.path))
+    leaves = flatten(run.config)
+    return tuple(sorted((p, repr(v)) for p, v in leaves.items() if p != "run_id" and not _excluded(p, best_over)))
+
+
+# -- selection and rows --------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the report: the selected run of a group and what it competed with."""
+
+    run: Run
+    keys: dict[str, Any]
+    candidates: list[Run] = field(default_factory=list)
+
+
+def valid_metric(metric: str) -> str:
+    """The validation twin of a test metric: selection happens on validation, never on test."""
+    return "valid/" + metric.removeprefix("test/")
+
+
+def _rank(run: Run, select: str) -> tuple:
+    value = run.metric(select)
+    if value is not None and math.isnan(value):
+        value = None
+    if value is not None and select.endswith("loss"):
+        value = -value
+    return (STATUS_RANK.get(run.status, len(STATUS_RANK)), value is None, -(value or 0.0))
+
+
+def select_best(runs: Sequence[Run], select: str = "valid/accuracy") -> Run:
+    """The run with the best ``select`` (validation) metric, done runs first."""
+    return min(runs, key=lambda r: _rank(r, select))
+
+
+def build_rows(runs: Sequence[Run], group_by: Sequence[str], best_over: Sequence[str] = (),
+               metric: str = "test/accuracy") -> list[Row]:
+    """One row per run, or with ``best_over`` one per group of otherwise identical runs."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(_identity(run, best_over) if best_over else (str(run.path),), []).append(run)
+    select = valid_metric(metric)
+    rows = []
+    for members in groups.values():
+        best = select_best(members, select)
+        keys = {k: key_value(best, k) for k in [*group_by, *best_over]}
+        rows.append(Row(best, keys, members))
+    rows.sort(key=lambda r: ([_sort_key(r.keys[k]) for k in group_by], r.run.label))
+    return rows
+
+
+def _sort_key(value: Any) -> tuple:
+    if value is None:
+        return (2, 0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, str(value))
+
+
+def default_group_by(runs: Sequence[Run], best_over: Sequence[str]) -> list[str]:
+    """The aliases whose value differs between runs (``mixer`` if none does)."""
+    keys = [k for k in DEFAULT_GROUP_BY if k not in best_over
+            and len({repr(key_value(r, k)) for r in runs}) > 1]
+    return keys or ["mixer"]
+
+
+def hidden_differences(rows: Sequence[Row], group_by: Sequence[str]) -> list[str]:
+    """Config paths that differ between rows showing the same group keys."""
+    same: dict[tuple, list[Row]] = {}
+    for row in rows:
+        same.setdefault(tuple(repr(row.keys[k]) for k in group_by), []).append(row)
+    paths: set[str] = set()
+    for members in same.values():
+        if len(members) > 1:
+            leaves = [flatten(r.run.config) for r in members]
+            for p in set().union(*leaves) - {"run_id"}:
+                if len({repr(leaf.get(p)) for leaf in leaves}) > 1:
+                    paths.add(p)
+    return sorted(paths)
+
+
+# -- table and CSV -------------------------------------------------------------------------
+
+
+def columns(group_by: Sequence[str], best_over: Sequence[str], metric: str) -> list[str]:
+    best = [f"{k} (best)" for k in best_over]
+    tail = ["runs"] if best_over else []
+    return [*group_by, *best, metric, f"{valid_metric(metric)} (best)", "state_size",
+            "num_parameters", "epochs", "status", *tail, "run"]
+
+
+def _fmt(value: Any, column: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4f}" if "/" in column else f"{value:g}"
+    if isinstance(value, int) and column in ("state_size", "num_parameters"):
+        return f"{value:,}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def table_rows(rows: Sequence[Row], group_by: Sequence[str], best_over: Sequence[str],
+               metric: str) -> tuple[list[str], list[list[Any]]]:
+    """Header and raw cell values of the report."""
+    header = columns(group_by, best_over, metric)
+    cells = []
+    for row in rows:
+        s = row.run.summary
+        cells.append([*row.keys.values(), row.run.metric(metric), row.run.metric(valid_metric(metric)),
+                      s.get("state_size"), s.get("num_parameters"), s.get("epochs"), row.run.status,
+                      *([len(row.candidates)] if best_over else []), row.run.label])
+    return header, cells
+
+
+def format_table(header: Sequence[str], cells: Sequence[Sequence[Any]]) -> str:
+    """Aligned plain-text columns."""
+    text = [[_fmt(v, h) for v, h in zip(r, header)] for r in cells]
+    widths = [max(len(x) for x in col) for col in zip(header, *text)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*r) for r in text]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def to_csv(header: Sequence[str], cells: Sequence[Sequence[Any]]) -> str:
+    """The report as CSV: full-precision numbers, empty cells where there is no value."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for r in cells:
+        writer.writerow(["" if v is None else json.dumps(v) if isinstance(v, (dict, list)) else v for v in r])
+    return buf.getvalue()
+
+
+# -- figure --------------------------------------------------------------------------------
+
+
+def _points(row: Row, metric: str) -> list[tuple[Any, float]]:
+    """(sequence length, value) of a row: one per tested length when a run tests several."""
+    if metric.startswith("test/") and metric.count("/") == 1:
+        what = metric.split("/", 1)[1]
+        per_len = {}
+        for key, value in (row.run.summary.get("test") or {}).items():
+            m = re.fullmatch(rf"test/input_seq_len=(\d+)/{re.escape(what)}", key)
+            if m and isinstance(value, (int, float)):
+                per_len[int(m.group(1))] = float(value)
+        if len(per_len) > 1:
+            return sorted(per_len.items())
+    value = row.run.metric(metric)
+    sliced = re.match(r"test/input_seq_len=(\d+)/", metric)
+    seq_len = int(sliced.group(1)) if sliced else key_value(row.run, "seq_len")
+    return [] if value is None or seq_len is None else [(seq_len, value)]
+
+
+def plot(rows: Sequence[Row], out: str | Path, x: str = "state_size", metric: str = "test/accuracy",
+         title: str | None = None) -> Path:
+    """The Zoology figure: ``metric`` against state size (or d_model), a panel per sequence
+    length, a line per mixer. Where several rows share a point, the validation-best is drawn."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import FixedLocator, NullLocator
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install 'zoology[plot]'") from None
+    if x not in X_AXES:
+        raise UserError(f"--x {x}: must be one of {', '.join(X_AXES)}")
+    select = valid_metric(metric)
+    # (seq len, mixer, x) → (row, value), the validation-best row where several share a point
+    points: dict[tuple, tuple[Row, float]] = {}
+    for row in rows:
+        xv = row.run.summary.get("state_size") if x == "state_size" else key_value(row.run, "d_model")
+        if not isinstance(xv, (int, float)) or xv <= 0:
+            continue
+        mixer = str(key_value(row.run, "mixer") or "?")
+        for seq_len, value in _points(row, metric):
+            key = (seq_len, mixer, xv)
+            if key not in points or _rank(row.run, select) < _rank(points[key][0].run, select):
+                points[key] = (row, value)
+    if not points:
+        raise UserError(f"--plot: no run has {metric} and a {x} to plot")
+    panels = sorted({k[0] for k in points}, key=_sort_key)
+    mixers = sorted({k[1] for k in points})
+    colors = {m: f"C{i % 10}" for i, m in enumerate(mixers)}
+    fig = Figure(figsize=(max(4.2 * len(panels), 5.5) + 1.6, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, seq_len in zip(axes, panels):
+        for mixer in mixers:
+            line = sorted((k[2], v[1]) for k, v in points.items() if k[0] == seq_len and k[1] == mixer)
+            if line:
+                ax.plot(*zip(*line), marker="o", color=colors[mixer], label=mixer)
+        ax.set_xscale("log", base=10 if x == "state_size" else 2)
+        if x == "d_model":
+            ticks = sorted({k[2] for k in points})
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"seq len {seq_len}")
+        ax.set_xlabel(X_AXES[x])
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].set_ylabel(metric.replace("/", " ", 1).replace("/", " · "))
+    handles = [h for m in mixers for h in [_handle_for(axes, m)] if h is not None]
+    fig.legend(handles, [h.get_label() for h in handles], loc="outside right upper", title="mixer")
+    fig.suptitle(title or f"{metric} vs {X_AXES[x].split(' (')[0]}")
+    out = Path(out)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=out.suffix.lstrip(".").lower() or "png", dpi=120)
+    _write(out, buf.getvalue(), "--plot")
+    return out
+
+
+def _write(path: Path, data: bytes, option: str) -> None:
+    try:
+        atomic_write(path, data)
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _handle_for(axes: Sequence[Any], mixer: str) -> Any:
+    for ax in axes:
+        for line in ax.get_lines():
+            if line.get_label() == mixer:
+                return line
+    return None
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def report(root: str | Path, group_by: Sequence[str] = (), best_over: Sequence[str] = (),
+           csv_path: str | Path | None = None, plot_path: str | Path | None = None,
+           x: str = "state_size", metric: str = "test/accuracy") -> str:
+    """Everything ``zoology report`` does; returns the text it prints."""
+    if not metric.startswith("test/"):
+        raise UserError(f"--metric {metric}: must be a test metric (test/...); "
+                        "selection uses its validation twin")
+    runs = find_runs(root)
+    best_over = list(dict.fromkeys(best_over))
+    check_keys(runs, best_over, "--best-over")
+    check_keys(runs, group_by, "--group-by")
+    known = sorted({k for r in runs for k in r.summary.get("test") or {}})
+    if known and metric not in known:
+        close = difflib.get_close_matches(metric, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"--metric {metric}: no run reports it; {hint}reported: {', '.join(known)}")
+    group_by = list(group_by) or default_group_by(runs, best_over)
+    rows = build_rows(runs, group_by, best_over, metric)
+    header, cells = table_rows(rows, group_by, best_over, metric)
+    lines = [format_table(header, cells), ""]
+    done = sum(r.status == "done" for r in runs)
+    lines.append(f"{len(runs)} runs ({done} done), {len(rows)} rows"
+                 + (f", best of each group by {valid_metric(metric)} over {', '.join(best_over)}"
+                    if best_over else ""))
+    shown = {id(r.run) for r in rows}
+    losers = [f"{r.label} ({r.status})" for r in runs if r.status != "done" and id(r) not in shown]
+    if losers:
+        lines.append(f"not done, not selected: {', '.join(losers)}")
+    hidden = hidden_differences(rows, group_by)
+    if hidden:
+        lines.append(f"note: rows with the same {', '.join(group_by)} differ in "
+                     f"{', '.join(hidden)} (add --group-by or --best-over)")
+    csv_out = Path(csv_path) if csv_path else Path(root) / "report.csv"
+    _write(csv_out, to_csv(header, cells).encode("utf-8"), "--csv")
+    lines.append(f"table → {csv_out}")
+    if plot_path:
+        names = sorted({str(key_value(r.run, "experiment")) for r in rows})
+        title = (f"{', '.join(names[:3])}{' …' if len(names) > 3 else ''}: "
+                 f"{metric} vs {X_AXES[x].split(' (')[0]}")
+        if best_over:
+            title += f" (best over {', '.join(best_over)})"
+        lines.append(f"figure → {plot(rows, plot_path, x=x, metric=metric, title=title)}")
+    return "\n".join(lines)
