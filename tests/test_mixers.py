@@ -18,6 +18,8 @@ from zoology.model import LanguageModel
 from zoology.plugins import load_registry
 from zoology.testing import check_mixer
 
+from .conftest import BASE
+
 SEQ_LEN = 45  # > 2 chunks at the test chunk size, not a multiple of it
 STATE_MIXERS = {"mlp", "glu", "identity"}
 
@@ -167,26 +169,10 @@ def test_state_size_formulas():
     assert Mamba2(32, headdim=16, d_state=8).state_size(99) == 64 * 8 + 3 * (64 + 16)
 
 
-MAMBA_TOML = """
-[data]
-batch_size = 8
-[[data.train]]
-task = "mqar"
-num_examples = 32
-vocab_size = 64
-input_seq_len = 16
-num_kv_pairs = 2
-[[data.test]]
-task = "mqar"
-num_examples = 16
-vocab_size = 64
-input_seq_len = 16
-num_kv_pairs = 2
-[model]
-d_model = 32
-n_layers = 2
-sequence_mixer = [{ name = "mamba", dt_min = 0.01, dt_max = 0.05 }, { name = "mamba2", headdim = 16 }]
-"""
+MAMBA_TOML = BASE.replace("d_model = 16", "d_model = 32").replace(
+    'sequence_mixer = { name = "attention", num_heads = 2 }',
+    'sequence_mixer = [{ name = "mamba", dt_min = 0.01, dt_max = 0.05 }, { name = "mamba2", headdim = 16 }]',
+)
 
 
 def test_language_model_keeps_mamba_init(write):

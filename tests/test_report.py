@@ -12,29 +12,9 @@ from zoology.config import dump_experiment, set_path, structure_experiment
 from zoology.report import build_rows, find_runs, key_value, report
 from zoology.runs import RunDir
 
-EXP = """
-name = "mqar_grid"
-[data]
-batch_size = 8
-[[data.train]]
-task = "mqar"
-num_examples = 32
-vocab_size = 64
-input_seq_len = 16
-num_kv_pairs = 2
-[[data.test]]
-task = "mqar"
-num_examples = 16
-vocab_size = 64
-input_seq_len = 16
-num_kv_pairs = 2
-[model]
-d_model = 16
-n_layers = 2
-sequence_mixer = { name = "attention", num_heads = 2 }
-[train]
-max_epochs = 4
-"""
+from .conftest import BASE
+
+EXP = 'name = "mqar_grid"\n' + BASE.replace("max_epochs = 1", "max_epochs = 4")
 MIXERS = {"attention": {"name": "attention", "num_heads": 2}, "base_conv": {"name": "base_conv"}}
 
 
