@@ -20,7 +20,8 @@ from zoology.tasks.base import IGNORE_INDEX, Segment, Task
 def check_task(task_cls: type[Task], invalid: list[dict[str, Any]] = (), **params: Any) -> Segment:
     """Check the Task contract for ``task_cls(**params)``; return one generated segment.
 
-    ``invalid``: parameter overrides that must be rejected at construction (ValueError).
+    ``invalid``: parameter overrides that must be rejected at construction (ValueError),
+    checked together with ones impossible for any task (vocab_size=1, input_seq_len=0, ...).
     """
     task = task_cls(**params)
     a, b, c = task.generate(0), task.generate(0), task.generate(1)
@@ -36,7 +37,9 @@ def check_task(task_cls: type[Task], invalid: list[dict[str, Any]] = (), **param
     assert ((a.labels[scored] >= 0) & (a.labels[scored] < task.vocab_size)).all(), "labels must be -100 or in [0, vocab_size)"
     assert scored.any(dim=1).all(), "every example needs at least one scored position"
     assert isinstance(a.slices, dict), "slices must be a dict"
-    for override in invalid:
+    # impossible for every task, plus the task's own cases
+    always = [{"vocab_size": 1}, {"input_seq_len": 0}, {"num_examples": 0}]
+    for override in [*always, *invalid]:
         try:
             task_cls(**{**params, **override})
         except ValueError:
