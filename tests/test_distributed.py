@@ -16,7 +16,7 @@ EXP = """
 batch_size = 16
 [[data.train]]
 task = "mqar"
-num_examples = 256
+num_examples = 128
 vocab_size = 64
 input_seq_len = 16
 num_kv_pairs = 2
@@ -31,8 +31,8 @@ d_model = 32
 n_layers = 2
 sequence_mixer = { name = "attention", num_heads = 2 }
 [train]
-max_epochs = 3
-learning_rate = 3e-3
+max_epochs = 2
+learning_rate = 1e-3
 """
 
 
@@ -53,7 +53,7 @@ def test_two_processes_match_one(write, tmp_path):
     for key, value in s1["test"].items():
         assert s2["test"][key] == pytest.approx(value, abs=1e-5), key
     m1, m2 = ([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two))
-    assert len(m1) == len(m2) == 3
+    assert len(m1) == len(m2) == 2
     for a, b in zip(m1, m2):
         for key in ("train/loss", "valid/loss", "valid/accuracy"):
             assert b[key] == pytest.approx(a[key], abs=1e-5), key

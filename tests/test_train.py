@@ -62,7 +62,7 @@ def test_failed_run_is_recorded_and_others_continue(write, base_toml, tmp_path, 
     assert sorted(statuses.values()) == ["done", "failed"]
     failed = next(d for d in runs.iterdir() if statuses[d.name] == "failed")
     assert "RuntimeError: boom" in (failed / "error.log").read_text()
-    assert "2 runs, 1 failed" in capsys.readouterr().out
+    assert "2 runs: 0 already done, 2 run, 1 failed" in capsys.readouterr().out
 
 
 def test_nan_loss_ends_as_diverged(write, base_toml, tmp_path, monkeypatch):

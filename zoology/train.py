@@ -228,10 +228,10 @@ def train(exp: Experiment, run_dir: RunDir, quiet: bool = False) -> dict[str, An
     )
 
     epoch = first_epoch - 1
-    stopped = best_record and stop is not None and _reached(stop.metric, best_record.get(stop.metric, 0), stop.threshold)
-    for epoch in range(first_epoch, cfg.max_epochs + 1):
-        if stopped:
-            break
+    # a run resumed from the checkpoint of the epoch that met the early-stopping threshold
+    stopped = stop is not None and stop.metric in best_record and \
+        _reached(stop.metric, best_record[stop.metric], stop.threshold)
+    for epoch in range(first_epoch, cfg.max_epochs + 1 if not stopped else first_epoch):
         model.train()
         order.epoch = epoch
         epoch_start = time.time()
@@ -282,6 +282,8 @@ def train(exp: Experiment, run_dir: RunDir, quiet: bool = False) -> dict[str, An
             save_checkpoint(run_dir, acc, optimizer, {
                 "epoch": epoch, "step": step, "train_time": train_time, "scheduler": scheduler.state_dict(),
                 "best_value": best_value, "best_record": best_record}, best_state, model)
+        if stopped:
+            break
 
     summary.update(status=status, epochs=epoch, best_epoch=best_record.get("epoch"), select_metric=select,
                    best=best_record, final=metrics or {k: v for k, v in best_record.items() if k.startswith("valid/")},
