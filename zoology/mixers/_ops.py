@@ -17,6 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoology.errors import FieldError
+
+
+def head_widths(d_model: int, num_heads: int, expand_k: float, expand_v: float) -> tuple[int, int, int, int]:
+    """Key and value widths (d_model × expand) and their per-head parts, checked to split evenly."""
+    key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
+    if num_heads < 1 or key_dim % num_heads or value_dim % num_heads:
+        raise FieldError("num_heads", f"must divide the key width {key_dim} and value width {value_dim}, got {num_heads}")
+    return key_dim, value_dim, key_dim // num_heads, value_dim // num_heads
+
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, dim: int) -> torch.Tensor:
     """Zero-pad ``dim`` of x at the end up to a multiple of ``multiple``."""

@@ -26,6 +26,7 @@ from zoology.mixers._ops import (
     chunk_delta_rule,
     delta_rule_step,
     dt_bias_init,
+    head_widths,
 )
 
 
@@ -54,14 +55,10 @@ class DeltaNet(nn.Module):
         conv_size: int = 4,
     ) -> None:
         super().__init__()
-        self.key_dim, self.value_dim = int(d_model * expand_k), int(d_model * expand_v)
-        if num_heads < 1 or self.key_dim % num_heads or self.value_dim % num_heads:
-            raise FieldError("num_heads", f"must divide the key width {self.key_dim} and value width "
-                                          f"{self.value_dim}, got {num_heads}")
+        self.key_dim, self.value_dim, self.head_k, self.head_v = head_widths(d_model, num_heads, expand_k, expand_v)
         if conv_size < 1:
             raise FieldError("conv_size", f"must be >= 1, got {conv_size}")
         self.num_heads, self.use_short_conv, self.conv_size = num_heads, use_short_conv, conv_size
-        self.head_k, self.head_v = self.key_dim // num_heads, self.value_dim // num_heads
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._ops import HeadRMSNorm, chunk_linear_attention
+from zoology.mixers._ops import HeadRMSNorm, chunk_linear_attention, head_widths
 
 
 class GatedLinearAttention(nn.Module):
@@ -40,16 +40,12 @@ class GatedLinearAttention(nn.Module):
         gate_logit_normalizer: float = 16.0,
     ) -> None:
         super().__init__()
-        self.key_dim, self.value_dim = int(d_model * expand_k), int(d_model * expand_v)
-        if num_heads < 1 or self.key_dim % num_heads or self.value_dim % num_heads:
-            raise FieldError("num_heads", f"must divide the key width {self.key_dim} and value width "
-                                          f"{self.value_dim}, got {num_heads}")
+        self.key_dim, self.value_dim, self.head_k, self.head_v = head_widths(d_model, num_heads, expand_k, expand_v)
         if gate_low_rank_dim < 1:
             raise FieldError("gate_low_rank_dim", f"must be >= 1, got {gate_low_rank_dim}")
         if gate_logit_normalizer <= 0:
             raise FieldError("gate_logit_normalizer", f"must be > 0, got {gate_logit_normalizer}")
         self.num_heads, self.gate_logit_normalizer = num_heads, gate_logit_normalizer
-        self.head_k, self.head_v = self.key_dim // num_heads, self.value_dim // num_heads
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._ops import HeadRMSNorm, chunk_linear_attention, rotary
+from zoology.mixers._ops import HeadRMSNorm, chunk_linear_attention, head_widths, rotary
 
 
 class MultiScaleRetention(nn.Module):
@@ -30,12 +30,8 @@ class MultiScaleRetention(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int = 8, expand_k: float = 1.0, expand_v: float = 2.0) -> None:
         super().__init__()
-        self.key_dim, self.value_dim = int(d_model * expand_k), int(d_model * expand_v)
-        if num_heads < 1 or self.key_dim % num_heads or self.value_dim % num_heads:
-            raise FieldError("num_heads", f"must divide the key width {self.key_dim} and value width "
-                                          f"{self.value_dim}, got {num_heads}")
+        self.key_dim, self.value_dim, self.head_k, self.head_v = head_widths(d_model, num_heads, expand_k, expand_v)
         self.num_heads = num_heads
-        self.head_k, self.head_v = self.key_dim // num_heads, self.value_dim // num_heads
         if self.head_k % 2:
             raise FieldError("expand_k", f"key width per head must be even for rotary positions, got {self.head_k}")
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
