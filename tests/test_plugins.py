@@ -126,7 +126,7 @@ def test_builtins_registered_through_hooks():
     assert {"attention", "mlp", "glu", "identity"} <= set(reg.names("mixer"))
     comp = reg.get("mixer", "attention")
     assert comp.plugin == "zoology.builtin"
-    assert [p.name for p in comp.params][:2] == ["num_heads", "num_kv_heads"] or comp.params[0].name == "num_heads"
+    assert {"num_heads", "num_kv_heads", "dropout"} <= {p.name for p in comp.params}
 
 
 def test_unknown_name_suggests():
@@ -149,7 +149,7 @@ def test_good_plugin_appears(installed, capsys):
     info = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
     assert info["good"]["entry_point"] == "zoo_good" and info["good"]["distribution"] == "zoology-good"
     assert set(info["good"]["hooks"]) == {"zoology_register_tasks", "zoology_register_mixers"}
-    assert info["good"]["components"] == ["task:mqar_twin", "mixer:echo"] or set(info["good"]["components"]) == {"task:mqar_twin", "mixer:echo"}
+    assert info["good"]["components"] == ["task:mqar_twin", "mixer:echo"]
     assert main(["mixers"]) == 0
     assert "echo" in capsys.readouterr().out
 

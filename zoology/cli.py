@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from zoology import checkpoint, launch
     from zoology.config import load_experiments, read_toml
     from zoology.runs import SUMMARY, RunDir
-    from zoology.sweep import expand
+    from zoology.sweep import expand, fmt
     from zoology.train import train
 
     experiments = load_experiments(args.experiment, args.set)  # every run validated up front
@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         points = {p.run_id: p.values for p in expand(read_toml(args.experiment), str(args.experiment))}
         rows = [[e.run_id, RunDir(args.out, e.name, e.run_id).status() or "-",
-                 " ".join(f"{k}={_fmt(v)}" for k, v in points.get(e.run_id, {}).items())] for e in experiments]
+                 " ".join(f"{k}={fmt(v)}" for k, v in points.get(e.run_id, {}).items())] for e in experiments]
         print(_table(rows, ["run", "status", "varied values"]))
         print(f"{len(experiments)} runs, all valid; nothing trained (--dry-run)")
         return EXIT_OK
@@ -114,12 +114,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if run_dir.status() == "failed":
                     print(f"  failed: {exp.run_id} → {run_dir}")
     return EXIT_FAILED if failed else EXIT_OK
-
-
-def _fmt(value: Any) -> str:
-    from zoology.sweep import fmt
-
-    return fmt(value)
 
 
 def _is_main() -> bool:

@@ -198,7 +198,9 @@ def _mixer_params(cls: type) -> tuple[tuple[Param, ...], type]:
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise TypeError(f"{cls!r} is not a torch.nn.Module subclass")
     hints = typing.get_type_hints(cls.__init__)
-    docs = _arg_docs(cls.__doc__)
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass inherits its base's argument docs
+        docs.update(_arg_docs(klass.__doc__))
     params, fields = [], {}
     for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
         if p.name in CONTEXT_ARGS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):

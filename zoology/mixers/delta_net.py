@@ -147,12 +147,7 @@ class DeltaNet(nn.Module):
 class GatedDeltaNet(DeltaNet):
     """Gated DeltaNet: the delta rule plus a Mamba-2-style data-dependent decay α_t per head.
 
-    Args:
-        num_heads: heads; key and value widths must be divisible by it
-        expand_k: key width as a multiple of d_model
-        expand_v: value width as a multiple of d_model
-        use_short_conv: causal short convolutions (with SiLU) on q, k and v
-        conv_size: length of those convolutions
+    Same arguments as DeltaNet (documented there), with Gated DeltaNet's defaults.
     """
 
     name = "gated_delta_net"
