@@ -42,7 +42,7 @@ def test_cache_hit_returns_identical_tensors_without_generating(tmp_path, counti
     again = cached_generate(task, 5, tmp_path)
     assert counting == [5]  # served from disk
     assert torch.equal(first.inputs, again.inputs) and torch.equal(first.labels, again.labels)
-    assert again.inputs.dtype == torch.int64 and again.slices == first.slices
+    assert again.inputs.dtype == first.inputs.dtype == torch.int16 and again.slices == first.slices
     fresh = task.generate(5)
     assert torch.equal(fresh.inputs, again.inputs) and torch.equal(fresh.labels, again.labels)
 
@@ -186,3 +186,27 @@ def test_export_bad_input_is_a_user_error(write, base_toml, tmp_path, capsys):
     code = main(["data", "export", str(write(base_toml)), "--out", str(afile)])
     err = capsys.readouterr().err
     assert code == 2 and "not a folder" in err
+
+
+def test_segments_of_different_token_dtypes_share_a_split():
+    """Built-in tasks store int16 tokens; a plugin's int64 segment still joins the same split
+    (widened), padded on the right, and the values survive."""
+    from zoology.tasks.base import Segment, token_dtype
+
+    assert token_dtype(8192) == torch.int16 and token_dtype(40_000) == torch.int32
+    small = MQAR(vocab_size=32, input_seq_len=16, num_kv_pairs=2, num_examples=3)
+    assert small.generate(0).inputs.dtype == torch.int16
+
+    class Wide(MQAR):
+        def generate(self, seed):
+            s = super().generate(seed)
+            return Segment(s.inputs.long(), s.labels.long(), s.slices)
+
+    wide = Wide(vocab_size=32, input_seq_len=24, num_kv_pairs=2, num_examples=2)
+    split = build_split([small, wide], "train", 0)
+    assert split.inputs.dtype == split.labels.dtype == torch.int64
+    assert split.inputs.shape == (5, 24)
+    assert torch.equal(split.inputs[:3, :16], small.generate(split.seeds[0]).inputs.long())
+    assert (split.labels[:3, 16:] == -100).all()
+    with pytest.raises(ValueError, match="int16, int32 or int64"):
+        Segment(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long))

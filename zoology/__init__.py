@@ -10,7 +10,7 @@ from zoology.config import Experiment, MixerSpec, dump_experiment, load_experime
 from zoology.errors import ConfigError, FieldError, UserError
 from zoology.hookspecs import hookimpl
 from zoology.plugins import get_registry, load_registry
-from zoology.tasks.base import IGNORE_INDEX, Segment, Task, at_least, between, param
+from zoology.tasks.base import IGNORE_INDEX, Segment, Task, at_least, between, param, token_dtype
 
 
 def get_task(name: str, **params: Any) -> Task:
@@ -22,5 +22,5 @@ def get_task(name: str, **params: Any) -> Task:
 __all__ = [
     "IGNORE_INDEX", "ConfigError", "Experiment", "FieldError", "MixerSpec", "Segment", "Task",
     "UserError", "at_least", "between", "dump_experiment", "get_registry", "get_task", "hookimpl",
-    "load_experiment", "load_experiments", "load_registry", "param",
+    "load_experiment", "load_experiments", "load_registry", "param", "token_dtype",
 ]

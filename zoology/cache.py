@@ -19,9 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from zoology.tasks.base import Segment, Task
+from zoology.tasks.base import TOKEN_DTYPES, Segment, Task
 
 FORMAT = 1  # bump when the file layout or the key changes
 
@@ -78,8 +76,8 @@ def _load(path: Path, task: Task, seed: int) -> Segment:
         inputs, labels = f.get_tensor("inputs"), f.get_tensor("labels")
     shape = (task.num_examples, task.input_seq_len)
     for name, t in (("inputs", inputs), ("labels", labels)):
-        if tuple(t.shape) != shape or t.dtype != torch.int64:
-            raise ValueError(f"{name} is {t.dtype} {tuple(t.shape)}, expected int64 {shape}")
+        if tuple(t.shape) != shape or t.dtype not in TOKEN_DTYPES:
+            raise ValueError(f"{name} is {t.dtype} {tuple(t.shape)}, expected an integer tensor of {shape}")
     return Segment(inputs, labels, json.loads(meta.get("slices", "{}")))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,8 @@ def segment_seed(base_seed: int, split: str, index: int) -> int:
 class Split:
     """The examples of one split, right-padded to one length, and where each came from."""
 
-    inputs: torch.Tensor  # [N, L] int64
-    labels: torch.Tensor  # [N, L] int64, -100 where not scored
+    inputs: torch.Tensor  # [N, L] int16/32/64: the widest of its segments' dtypes
+    labels: torch.Tensor  # [N, L] same dtype, -100 where not scored
     segment: torch.Tensor  # [N] int64: index into `slices`
     slices: list[dict[str, Any]]  # per segment
     seeds: list[int]
@@ -47,9 +48,10 @@ def build_split(tasks: list[Task], split: str, base_seed: int, cache_dir: Path |
     seeds = [segment_seed(base_seed, split, i) for i in range(len(tasks))]
     segments = [cached_generate(task, seed, cache_dir) for task, seed in zip(tasks, seeds)]
     length = max(s.seq_len for s in segments)
+    dtype = functools.reduce(torch.promote_types, [t.dtype for s in segments for t in (s.inputs, s.labels)])
 
     def pad(t: torch.Tensor, value: int) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
+        return torch.nn.functional.pad(t.to(dtype), (0, length - t.shape[1]), value=value)
 
     return Split(
         inputs=torch.cat([pad(s.inputs, 0) for s in segments]),

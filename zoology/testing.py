@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from zoology.tasks.base import IGNORE_INDEX, Segment, Task
+from zoology.tasks.base import IGNORE_INDEX, TOKEN_DTYPES, Segment, Task
 
 
 def check_task(task_cls: type[Task], invalid: list[dict[str, Any]] = (), **params: Any) -> Segment:
@@ -28,7 +28,7 @@ def check_task(task_cls: type[Task], invalid: list[dict[str, Any]] = (), **param
     assert isinstance(a, Segment), f"generate() must return a Segment, got {type(a).__name__}"
     n, length = task.num_examples, task.input_seq_len
     for name, t in (("inputs", a.inputs), ("labels", a.labels)):
-        assert t.dtype == torch.int64, f"{name} must be int64, got {t.dtype}"
+        assert t.dtype in TOKEN_DTYPES, f"{name} must be int16, int32 or int64, got {t.dtype}"
         assert tuple(t.shape) == (n, length), f"{name} must be [num_examples, input_seq_len] = {(n, length)}, got {tuple(t.shape)}"
     assert torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels), "the same seed must give the same tensors"
     assert not (torch.equal(a.inputs, c.inputs) and torch.equal(a.labels, c.labels)), "different seeds must give different data"

@@ -83,7 +83,9 @@ def scored_logits(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Te
     """Logits [M, V] and targets [M] of the scored positions.
 
     On CPU the model computes its last state mixer and head only there (see model.py);
-    on accelerators it computes every position, which avoids a host sync per step."""
+    on accelerators it computes every position, which avoids a host sync per step. Batches
+    come in the split's compact token dtype and are widened here."""
+    inputs, labels = inputs.long(), labels.long()
     scored = labels != IGNORE_INDEX
     if inputs.device.type == "cpu":
         return model(inputs, scored).float(), labels[scored]

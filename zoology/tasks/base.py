@@ -10,6 +10,17 @@ import torch
 from zoology.errors import FieldError
 
 IGNORE_INDEX = -100  # label of positions that are not scored
+TOKEN_DTYPES = (torch.int16, torch.int32, torch.int64)
+
+
+def token_dtype(vocab_size: int) -> torch.dtype:
+    """The smallest signed integer dtype holding ``[IGNORE_INDEX, vocab_size)``: int16 for
+    every vocabulary up to 32,767 tokens. Segments in it take a quarter of int64's memory and
+    cache space, and generate faster (first-touch page faults dominate big segments)."""
+    for dtype in TOKEN_DTYPES:
+        if vocab_size - 1 <= torch.iinfo(dtype).max:
+            return dtype
+    raise ValueError(f"vocab_size {vocab_size} does not fit int64")
 
 
 def at_least(bound: int | float) -> Any:
@@ -41,9 +52,11 @@ def param(default: Any = attrs.NOTHING, doc: str = "", validator: Any = None) ->
 class Segment:
     """A block of examples from one task configuration.
 
-    ``inputs`` and ``labels`` are int64 ``[N, L]``; ``labels[i, t]`` is the token expected
-    after ``inputs[i, :t+1]`` or -100 where nothing is scored. ``slices`` names this
-    configuration (e.g. ``{"num_kv_pairs": 8}``) for per-slice accuracy.
+    ``inputs`` and ``labels`` are integer ``[N, L]`` tensors (int16, int32 or int64; the
+    built-in tasks use :func:`token_dtype`, so call ``.long()`` before ``nn.Embedding`` or
+    ``cross_entropy``); ``labels[i, t]`` is the token expected after ``inputs[i, :t+1]`` or
+    -100 where nothing is scored. ``slices`` names this configuration (e.g.
+    ``{"num_kv_pairs": 8}``) for per-slice accuracy.
     """
 
     inputs: torch.Tensor
@@ -54,6 +67,9 @@ class Segment:
         if self.inputs.shape != self.labels.shape or self.inputs.dim() != 2:
             raise ValueError(f"inputs {tuple(self.inputs.shape)} and labels "
                              f"{tuple(self.labels.shape)} must both be [N, L]")
+        for name, t in (("inputs", self.inputs), ("labels", self.labels)):
+            if t.dtype not in TOKEN_DTYPES:
+                raise ValueError(f"{name} must be int16, int32 or int64, got {t.dtype}")
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
