@@ -33,11 +33,15 @@ from zoology.tasks.mad import (
 from zoology.tasks.mqar import MQAR, CompositionalMQAR, ForgettingMQAR
 from zoology.tasks.recall import AssociativeRecall, InductionHead
 from zoology.tasks.sampling import (
+    UrnTable,
     distinct,
+    few_distinct,
     first_occurrence,
     generator,
     np_distinct,
     np_generator,
+    np_race_distinct,
+    np_rejection_distinct,
     np_weighted_distinct,
     weighted_distinct,
 )
@@ -72,6 +76,26 @@ def test_distinct_is_uniform_over_ordered_tuples():
     assert len(nz) == 12 and (nz / nz.mean() - 1).abs().max() < 0.05
 
 
+def test_few_distinct_rows_unique_and_uniform_over_ordered_tuples():
+    for k, lo, hi in [(1, 2, 9), (3, 0, 7), (8, 5, 13), (4, 1, 4096)]:
+        x = few_distinct(2000, k, lo, hi, generator(0))
+        assert x.shape == (2000, k) and x.min() >= lo and x.max() < hi
+        assert (x.sort(dim=1).values.diff(dim=1) > 0).all()
+    x = few_distinct(120_000, 3, 0, 5, generator(1))  # 60 ordered triples, equally likely
+    counts = torch.bincount((x * torch.tensor([25, 5, 1])).sum(1), minlength=125).float()
+    nz = counts[counts > 0]
+    assert len(nz) == 60 and (nz / nz.mean() - 1).abs().max() < 0.1
+
+
+def test_urn_table_draws_exactly_the_weights():
+    w = np.array([0.5, 1 / 3, 1 / 6 - 1e-6, 1e-6])  # slot rounding residue and a tiny weight
+    table = UrnTable(w)
+    assert table.filled < table.SLOTS and table.rest is not None
+    x = table.draw(2_000_000, np_generator(3))
+    freq = np.bincount(x, minlength=4) / len(x)
+    assert np.abs(freq - w / w.sum()).max() < 2e-3 and freq[3] < 1e-4
+
+
 def test_weighted_distinct_matches_successive_sampling():
     w = torch.tensor([4.0, 2.0, 1.0, 1.0])
     x = weighted_distinct(100_000, 1, w, generator(2))
@@ -99,17 +123,34 @@ def test_np_distinct_rows_unique_in_range_and_uniform():
     assert len(nz) == 60 and np.abs(nz / nz.mean() - 1).max() < 0.15
 
 
-def test_np_weighted_distinct_is_ordered_successive_sampling():
+@pytest.mark.parametrize("draw", [np_weighted_distinct, np_race_distinct, np_rejection_distinct])
+def test_np_weighted_distinct_is_ordered_successive_sampling(draw):
     w = np.array([4.0, 2.0, 1.0, 1.0])
-    x = np_weighted_distinct(100_000, 1, w, np_generator(2))
+    x = draw(100_000, 1, w, np_generator(2))
     assert np.allclose(np.bincount(x[:, 0], minlength=4) / len(x), w / w.sum(), atol=0.01)
-    x = np_weighted_distinct(200_000, 2, w, np_generator(3))
+    x = draw(200_000, 2, w, np_generator(3))
     # order matters, as with np.random.choice(4, 2, replace=False, p=w/8)
     assert abs(((x[:, 0] == 0) & (x[:, 1] == 1)).mean() - 4 / 8 * 2 / 4) < 0.005
     assert abs(((x[:, 0] == 1) & (x[:, 1] == 0)).mean() - 2 / 8 * 4 / 6) < 0.005
     assert abs(((x[:, 0] == 2) & (x[:, 1] == 3)).mean() - 1 / 8 * 1 / 7) < 0.003
-    x = np_weighted_distinct(3000, 4, w, np_generator(4))  # k = size: a permutation per row
+    x = draw(3000, 4, w, np_generator(4))  # k = size: a permutation per row
     assert (np.sort(x, axis=1) == np.arange(4)).all()
+    # a third draw after two: P(0, 1, 2) = 4/8 * 2/4 * 1/2
+    x = draw(200_000, 3, w, np_generator(5))
+    assert abs(((x[:, 0] == 0) & (x[:, 1] == 1) & (x[:, 2] == 2)).mean() - 1 / 8) < 0.004
+
+
+def test_race_and_rejection_agree_on_mqar_gaps():
+    from zoology.tasks.mqar import _power_law
+
+    w = _power_law(192, 0.01).numpy()  # the 512-token, 64-pair setting
+    a = np_race_distinct(20_000, 64, w, np_generator(6))
+    b = np_rejection_distinct(20_000, 64, w, np_generator(7))
+    for x in (a, b):
+        assert (np.diff(np.sort(x, axis=1), axis=1) > 0).all()
+    # per position: mean gap (sd of the difference ~0.55) and how often gap 0 comes first
+    assert np.abs(a.mean(0) - b.mean(0)).max() < 3
+    assert abs((a[:, 0] == 0).mean() - (b[:, 0] == 0).mean()) < 0.015
 
 
 def test_mqar_gaps_are_drawn_in_key_order_like_upstream():

@@ -18,14 +18,16 @@ import numpy as np
 import torch
 
 from zoology.errors import FieldError
-from zoology.tasks.base import IGNORE_INDEX, Segment, Task, at_least, param
+from zoology.tasks.base import IGNORE_INDEX, Segment, Task, at_least, param, token_dtype
 from zoology.tasks.sampling import (
+    NUMPY_DTYPES,
     distinct,
     empty_long,
     full_long,
     generator,
     np_distinct,
     np_generator,
+    np_token_buffer,
     np_uniform_ints_,
     np_weighted_distinct,
     uniform_ints_,
@@ -50,7 +52,7 @@ class MQAR(Task):
     """
 
     name = "mqar"
-    version = 3  # numpy (PCG64) sampler: same distribution, other tensors for a seed
+    version = 4  # v3: numpy (PCG64) sampler; v4: compact dtype, fill drawn in chunks (other tensors per seed)
     example = {"vocab_size": 32, "input_seq_len": 24, "num_kv_pairs": 3}
     # the settings upstream Zoology was timed at (see REFERENCE.md)
     bench_params = [
@@ -93,42 +95,42 @@ class MQAR(Task):
         rng, gap_rng, fill_rng = (np_generator(s) for s in np.random.SeedSequence(seed).spawn(3))
         n, k, seq_len, vocab = self.num_examples, self.num_kv_pairs, self.input_seq_len, self.vocab_size
         context = 2 * k * self.num_passes
+        dtype = token_dtype(vocab)
 
         # query gaps: g in [0, space), the key sits at context + 2g, its value is scored there;
         # gap j is drawn j-th (successive sampling), as upstream's np.random.choice
         space = (seq_len - context) // 2
         weights = _power_law(space, self.power_a).numpy()
-        with _maybe_parallel(n * seq_len) as run:
-            gaps = run(np_weighted_distinct, n, k, weights, gap_rng)  # [n, k]
-            keys = np_distinct(n, k, 1, vocab // 2, rng)  # [n, k]
-            values = np_distinct(n, k, vocab // 2, vocab, rng)  # [n, k]
-            inputs = _empty(n, seq_len)
-            if self.random_non_queries:
-                np_uniform_ints_(inputs[:, context:], 0, vocab, fill_rng)
-            else:
-                inputs[:, context:] = 0
-            labels = _empty(n, seq_len)
-            labels.fill(IGNORE_INDEX)
-            gaps = gaps()
-        positions = context + 2 * gaps
+        np_dtype = NUMPY_DTYPES[dtype]
 
-        inputs[:, 0:2 * k:2] = keys  # k1 v1 k2 v2 ...
-        inputs[:, 1:2 * k:2] = values
-        for i in range(1, self.num_passes):
-            inputs[:, 2 * k * i: 2 * k * (i + 1)] = inputs[:, : 2 * k]
-        flat = (positions + np.arange(0, n * seq_len, seq_len)[:, None]).ravel()  # [n*k] into [n*L]
+        def queries() -> tuple[np.ndarray, np.ndarray]:
+            """Where the queries go in the flattened [n*L] tensors, and the labels buffer."""
+            gaps = np_weighted_distinct(n, k, weights, gap_rng)  # [n, k]
+            flat = gaps * 2 + (np.arange(0, n * seq_len, seq_len) + context)[:, None]
+            labels = np_token_buffer(n, seq_len, dtype)
+            labels.fill(IGNORE_INDEX)
+            return flat.ravel(), labels
+
+        with _maybe_parallel(n * seq_len) as run:
+            pending = run(queries)  # on a second core when it pays
+            keys = np_distinct(n, k, 1, vocab // 2, rng, np_dtype)  # [n, k]
+            values = np_distinct(n, k, vocab // 2, vocab, rng, np_dtype)  # [n, k]
+            inputs = np_token_buffer(n, seq_len, dtype)  # [n, L]
+            if self.random_non_queries:
+                np_uniform_ints_(inputs, 0, vocab, fill_rng)  # the context is overwritten below
+            else:
+                inputs.fill(0)
+            inputs[:, 0:2 * k:2] = keys  # k1 v1 k2 v2 ...
+            inputs[:, 1:2 * k:2] = values
+            for i in range(1, self.num_passes):
+                inputs[:, 2 * k * i: 2 * k * (i + 1)] = inputs[:, : 2 * k]
+            flat, labels = pending()
         inputs.reshape(-1)[flat] = keys.ravel()
         labels.reshape(-1)[flat] = values.ravel()
         return Segment(torch.from_numpy(inputs), torch.from_numpy(labels), self.slices())
 
     def decode(self, token: int) -> str:
         return f"k{token}" if token < self.vocab_size // 2 else f"v{token}"
-
-
-def _empty(n: int, length: int) -> np.ndarray:
-    """An int64 buffer from torch's allocator (plain pages: in a fresh process the first touch
-    of numpy's huge-page-advised buffers measured several times slower on our VMs)."""
-    return torch.empty((n, length), dtype=torch.int64).numpy()
 
 
 @contextlib.contextmanager

@@ -8,6 +8,8 @@ the largest single cost of generating 100k-example segments with ``torch.empty``
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -78,6 +80,25 @@ def distinct(n: int, k: int, low: int, high: int, gen: torch.Generator) -> torch
     return picked.gather(1, order) + low
 
 
+def few_distinct(n: int, k: int, low: int, high: int, gen: torch.Generator) -> torch.Tensor:
+    """``[n, k]`` distinct integers from ``[low, high)`` per row, like :func:`distinct`, for
+    small k (O(k^2) vectorized steps, no retries): position i draws ``t`` uniform on the
+    ``m - i`` values not yet taken and maps it to the t-th free value by stepping over the
+    taken values in ascending order — exact successive sampling."""
+    m = high - low
+    if not 0 <= k <= m:
+        raise ValueError(f"cannot draw {k} distinct values from [{low}, {high})")
+    out = torch.empty(n, k, dtype=torch.int64)
+    taken = torch.empty(n, 0, dtype=torch.int64)  # [n, i], ascending per row
+    for i in range(k):
+        t = torch.empty(n, dtype=torch.int64).random_(0, m - i, generator=gen)
+        for j in range(i):
+            t += t >= taken[:, j]
+        out[:, i] = t
+        taken = torch.cat([taken, t[:, None]], dim=1).sort(dim=1).values if i < k - 1 else taken
+    return out + low
+
+
 def weighted_distinct(n: int, k: int, weights: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """``[n, k]`` indices into ``weights`` drawn without replacement, per row.
 
@@ -125,30 +146,45 @@ def np_generator(seed: int | np.random.SeedSequence) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seed if isinstance(seed, np.random.SeedSequence) else int(seed)))
 
 
-def np_uniform_ints_(out: np.ndarray, low: int, high: int, rng: np.random.Generator) -> np.ndarray:
-    """Fill ``out`` (int64, 2-D, any view) in place with integers uniform on ``[low, high)``.
+NUMPY_DTYPES = {torch.int16: np.int16, torch.int32: np.int32, torch.int64: np.int64}
 
-    When ``high - low`` is a power of two no larger than 2**16, each token is a 16-bit field
-    of one raw 64-bit draw, masked (exactly uniform, four tokens per draw), written straight
-    into ``out``; otherwise ``rng.integers``.
+
+def np_token_buffer(n: int, length: int, dtype: torch.dtype) -> np.ndarray:
+    """An uninitialised ``[n, length]`` array of ``dtype`` from torch's allocator (plain
+    pages: in a fresh process the first touch of numpy's huge-page-advised buffers measured
+    several times slower on our VMs)."""
+    return torch.empty((n, length), dtype=dtype).numpy()
+
+
+def np_uniform_ints_(out: np.ndarray, low: int, high: int, rng: np.random.Generator,
+                     chunk: int = 1 << 16) -> np.ndarray:
+    """Fill ``out`` (a C-contiguous integer array) in place with integers uniform on ``[low, high)``.
+
+    When ``high - low`` is a power of two no larger than 2**16, each value is a 16-bit field
+    of a raw 64-bit draw, masked (exactly uniform, four values per draw); the draws come in
+    cache-sized chunks, so the only big memory touched is ``out`` itself. Otherwise
+    ``rng.integers``.
     """
     m = high - low
     if m <= 0:
         raise ValueError(f"empty range [{low}, {high})")
-    count = out.size
-    if m & (m - 1) == 0 and m <= 2**16 and count:
-        words = rng.integers(0, 2**64 - 1, (count + 3) // 4, dtype=np.uint64, endpoint=True)
-        fields = words.view(np.uint16)[:count].reshape(out.shape)
-        np.bitwise_and(fields, np.uint16(m - 1), out=out, casting="unsafe")
+    flat = out.reshape(-1)  # a view: out is contiguous
+    if m & (m - 1) == 0 and m <= 2**16:
+        mask = np.uint16(m - 1)
+        for start in range(0, flat.size, 4 * chunk):
+            part = flat[start:start + 4 * chunk]
+            fields = rng.bit_generator.random_raw((part.size + 3) // 4).view(np.uint16)[: part.size]
+            np.bitwise_and(fields, mask, out=part, casting="unsafe")
     else:
-        out[...] = rng.integers(0, m, out.shape, dtype=np.int32 if m < 2**31 else np.int64)
+        flat[...] = rng.integers(0, m, flat.size, dtype=np.int32 if m < 2**31 else np.int64)
     if low:
-        out += low
+        flat += low
     return out
 
 
-def np_distinct(n: int, k: int, low: int, high: int, rng: np.random.Generator) -> np.ndarray:
-    """``[n, k]`` int64 drawn uniformly without replacement from ``[low, high)``, per row, in
+def np_distinct(n: int, k: int, low: int, high: int, rng: np.random.Generator,
+                dtype: type = np.int64) -> np.ndarray:
+    """``[n, k]`` integers (``dtype``) drawn uniformly without replacement from ``[low, high)``, per row, in
     draw order (every ordered k-subset equally likely, like ``np.random.choice(...,
     replace=False)``).
 
@@ -161,7 +197,7 @@ def np_distinct(n: int, k: int, low: int, high: int, rng: np.random.Generator) -
     if not 0 <= k <= m:
         raise ValueError(f"cannot draw {k} distinct values from [{low}, {high})")
     if 2 * k > m:  # dense: a random permutation prefix per row
-        return np.argsort(rng.random((n, m)), axis=1)[:, :k].astype(np.int64) + low
+        return (np.argsort(rng.random((n, m)), axis=1)[:, :k] + low).astype(dtype)
     bits = max(k - 1, 1).bit_length()
     small = (m << bits) < 2**31  # sort keys fit int32: numpy sorts those about 2x faster
     x = rng.integers(0, m, (n, k), dtype=np.int32 if small else np.int64)
@@ -182,9 +218,9 @@ def np_distinct(n: int, k: int, low: int, high: int, rng: np.random.Generator) -
         keep[1:] = rows[1:] != rows[:-1]
         rows = rows[keep]  # rows that changed: check them again
         sub = x[rows]
-    out = x.astype(np.int64)
+    out = x.astype(dtype)
     if low:
-        out += low
+        out += dtype(low)
     return out
 
 
@@ -215,29 +251,108 @@ class AliasTable:
         return np.where(x < self.prob[i], i, self.alias[i])
 
 
+class UrnTable:
+    """Exact i.i.d. draws from ``weights`` at about one table lookup each.
+
+    An urn of 2**16 slots holds ``floor(p_i * 2**16)`` copies of each index ``i``; a 16-bit
+    field of a raw 64-bit draw picks a slot (four draws per generator call). A field that
+    lands past the filled slots (probability = the rounding residual, under ``size / 2**16``)
+    draws instead from the residual weights ``p_i * 2**16 - floor(p_i * 2**16)`` with an
+    :class:`AliasTable`. Together: exactly ``p_i``, up to float64 rounding.
+    """
+
+    SLOTS = 1 << 16
+
+    def __init__(self, weights: np.ndarray) -> None:
+        w = np.asarray(weights, dtype=np.float64)
+        scaled = w * (self.SLOTS / w.sum())
+        copies = np.floor(scaled).astype(np.int64)
+        self.filled = int(copies.sum())
+        self.urn = np.zeros(self.SLOTS, dtype=np.int64)  # slots past `filled` are overwritten
+        self.urn[: self.filled] = np.repeat(np.arange(len(w), dtype=np.int64), copies)
+        residual = scaled - copies
+        self.rest = AliasTable(residual) if self.filled < self.SLOTS else None
+
+    def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``count`` int64 indices."""
+        fields = rng.bit_generator.random_raw((count + 3) // 4).view(np.uint16)[:count]
+        out = self.urn[fields]
+        if self.rest is None:
+            return out
+        miss = np.flatnonzero(fields >= self.filled)
+        if len(miss):
+            out[miss] = self.rest.draw(len(miss), rng)
+        return out
+
+
 def np_weighted_distinct(n: int, k: int, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``[n, k]`` int64 indices into ``weights`` drawn without replacement, per row, in draw
-    order: exactly ``np.random.choice(len(weights), k, replace=False, p=weights/sum)`` per row.
+    order: ``np.random.choice(len(weights), k, replace=False, p=weights/sum)`` per row.
 
-    Successive sampling by rejection, vectorized over rows: position j draws from ``weights``
-    (alias method) and redraws, in the rows where it hit an index taken at an earlier
-    position, until it hits a free one; a redraw conditioned on missing the taken indices is
-    a draw from the remaining weights.
+    Two exact methods, chosen by cost: :func:`np_race_distinct` when k is a large part of
+    the weights (it touches every weight), :func:`np_rejection_distinct` otherwise.
     """
     size = len(weights)
     if not 0 <= k <= size:
         raise ValueError(f"cannot draw {k} distinct indices from {size} weights")
-    table = AliasTable(weights)
-    out = table.draw((k, n), rng)  # first try of every position; row j = position j
-    taken = np.zeros(n * size, dtype=bool)
-    base = np.arange(n, dtype=np.int64) * size
+    if size <= 4 * k and size < 2**16:
+        return np_race_distinct(n, k, weights, rng)
+    return np_rejection_distinct(n, k, weights, rng)
+
+
+def np_race_distinct(n: int, k: int, weights: np.ndarray, rng: np.random.Generator,
+                     chunk: int = 2048) -> np.ndarray:
+    """The exponential race (Efraimidis–Spirakis): the indices of the k smallest
+    ``E_i / w_i`` (``E_i ~ Exp(1)``), in ascending order, are distributed exactly as k
+    successive draws without replacement. The index rides in the low mantissa bits of each
+    float64 score (ties below 2**-40 relative are broken by index), so one vectorized int64
+    sort per block of rows orders the race."""
+    size = len(weights)
+    bits = max(size - 1, 1).bit_length()
+    inv = np.float64(np.sum(weights)) / np.asarray(weights, dtype=np.float64)
+    ids = np.arange(size, dtype=np.int64)
+    clear, low = np.int64(~((1 << bits) - 1)), np.int64((1 << bits) - 1)
+    out = np.empty((n, k), dtype=np.int64)
+    for a in range(0, n, chunk):  # blocks that stay in cache
+        scores = rng.standard_exponential((min(n, a + chunk) - a, size))
+        scores *= inv
+        keys = scores.view(np.int64)  # positive floats: int64 order = float order
+        keys &= clear
+        keys |= ids
+        keys.sort(axis=1)
+        np.bitwise_and(keys[:, :k], low, out=out[a:a + len(keys)])
+    return out
+
+
+def np_rejection_distinct(n: int, k: int, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Successive sampling by rejection, vectorized over rows: position j draws from
+    ``weights`` (:class:`UrnTable`) and redraws, in the rows where it hit an index taken at
+    an earlier position, until it hits a free one; a redraw conditioned on missing the
+    taken indices is a draw from the remaining weights."""
+    size = len(weights)
+    table = UrnTable(weights)
+    out = table.draw(k * n, rng).reshape(k, n)  # first try of every position; row j = position j
+    # taken[i * n + row]: index-major, so the many draws of the heaviest indices touch few
+    # cache lines
+    taken = np.zeros(size * n, dtype=bool)
+    rows = np.arange(n, dtype=np.int64)
     for j in range(k):
         c = out[j]
+        flat = c * n + rows
         if j:
-            idx = np.flatnonzero(taken[base + c])
-            while len(idx):  # rows whose draw was taken draw again
-                c[idx] = table.draw(len(idx), rng)
-                idx = idx[taken[base[idx] + c[idx]]]
+            idx = np.flatnonzero(taken[flat])
+            # rows whose draw was taken draw again: r candidates at once, the first free one
+            # wins (the same as redrawing one at a time); r is about the expected tries
+            q = len(idx) / n  # the chance that a draw is taken, roughly
+            r = 1 if q < 0.05 else min(64, math.ceil(1 / (1 - q)) if q < 1 else 64)
+            while len(idx):
+                cand = table.draw(len(idx) * r, rng).reshape(len(idx), r)
+                hit = taken[cand * n + idx[:, None]]
+                first = hit.argmin(axis=1)  # the first free candidate (0 if none is free)
+                free = ~hit[np.arange(len(idx)), first]
+                c[idx[free]] = cand[free, first[free]]
+                idx = idx[~free]
+            flat = c * n + rows
         if j < k - 1:
-            taken[base + c] = True
+            taken[flat] = True
     return np.ascontiguousarray(out.T)
