@@ -16,11 +16,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 import attrs
+import numpy as np
 import torch
 
 from zoology.errors import FieldError
-from zoology.tasks.base import IGNORE_INDEX, Segment, Task, at_least, param
-from zoology.tasks.sampling import generator
+from zoology.tasks.base import IGNORE_INDEX, Segment, Task, at_least, param, token_dtype
+from zoology.tasks.sampling import np_generator, np_token_buffer, np_uniform_ints_
 
 
 @attrs.frozen(kw_only=True)
@@ -28,6 +29,7 @@ class _Formal(Task):
     alphabet: ClassVar[int] = 2  # input (and output) symbols [0, alphabet)
     out_factor: ClassVar[int] = 0  # output length = out_factor * n; 0: one answer token
     symbols: ClassVar[tuple[str, ...]] = ()
+    version = 2  # v2: numpy (PCG64) sampler, compact dtype (other tensors per seed)
     example = {"input_seq_len": 16}
     bench_params = [{"input_seq_len": 256, "num_examples": 100_000}]
 
@@ -50,34 +52,51 @@ class _Formal(Task):
     def slices(self) -> dict[str, int]:
         return {"input_seq_len": self.input_seq_len, "min_length": self.min_length}
 
-    def lengths(self, gen: torch.Generator) -> torch.Tensor:
-        return torch.randint(self.min_length, self._max_length() + 1, (self.num_examples,), generator=gen)
+    def lengths(self, rng: np.random.Generator) -> torch.Tensor:
+        """``[n]`` input lengths, uniform on ``[min_length, longest that fits]``."""
+        return torch.from_numpy(rng.integers(self.min_length, self._max_length() + 1, self.num_examples))
 
-    def strings(self, lengths: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def uniform(self, rng: np.random.Generator, low: int, high: int) -> torch.Tensor:
+        """``[n, max_length]`` tokens uniform on ``[low, high)``, in the segment's dtype."""
+        buf = np_token_buffer(self.num_examples, self._max_length(), token_dtype(self.vocab_size))
+        return torch.from_numpy(np_uniform_ints_(buf, low, high, rng))
+
+    def strings(self, rng: np.random.Generator) -> torch.Tensor:
         """``[n, max_length]`` random symbols (entries past an example's length are unused)."""
-        return torch.randint(0, self.alphabet, (self.num_examples, self._max_length()), generator=gen)
+        return self.uniform(rng, 0, self.alphabet)
 
     def answer(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``[n, out]`` expected output; ``x`` holds ``_`` past each length."""
+        """Classification tasks: ``[n]`` answers; ``x`` holds ``_`` past each length."""
+        raise NotImplementedError
+
+    def answer_block(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        """Sequence tasks: ``[rows, out_factor * length]`` outputs of inputs ``x`` ``[rows, length]``."""
         raise NotImplementedError
 
     def generate(self, seed: int) -> Segment:
-        gen = generator(seed)
-        n, L = self.num_examples, self.input_seq_len
+        rng = np_generator(seed)
+        n, L, m = self.num_examples, self.input_seq_len, self._max_length()
         sep, pad = self.alphabet, self.alphabet + 1
-        lengths = self.lengths(gen)
-        t = torch.arange(self._max_length())
-        x = torch.where(t < lengths[:, None], self.strings(lengths, gen), pad)
-        y = self.answer(x, lengths)  # [n, m_max]
-        out_len = lengths * self.out_factor if self.out_factor else torch.ones_like(lengths)
-        pos = torch.arange(L)[None, :]
-        rel = pos - lengths[:, None]  # 0 at the separator
-        in_x = pos < lengths[:, None]
-        xs = x.gather(1, pos.clamp(max=x.shape[1] - 1).expand(n, -1))
-        ys = y.gather(1, (rel - 1).clamp(0, y.shape[1] - 1))
-        inputs = torch.where(in_x, xs, torch.where(rel == 0, sep, torch.where(rel < out_len[:, None], ys, pad)))
-        scored = (rel >= 0) & (rel < out_len[:, None])
-        labels = torch.where(scored, y.gather(1, rel.clamp(0, y.shape[1] - 1)), IGNORE_INDEX)
+        dtype = token_dtype(self.vocab_size)
+        lengths = self.lengths(rng)  # [n]
+        x = self.strings(rng).masked_fill_(torch.arange(m) >= lengths[:, None], pad)  # [n, m]
+        inputs = torch.full((n, L), pad, dtype=dtype)
+        labels = torch.full((n, L), IGNORE_INDEX, dtype=dtype)
+        inputs[:, :m] = x
+        rows = torch.arange(n)
+        inputs[rows, lengths] = sep
+        if not self.out_factor:  # one answer token, scored at the separator
+            labels[rows, lengths] = self.answer(x, lengths).to(dtype)
+            return Segment(inputs, labels, self.slices())
+        # the output, scored from the separator on and fed back after it: one block copy
+        # per distinct input length
+        order = lengths.argsort()
+        sizes, counts = torch.unique_consecutive(lengths[order], return_counts=True)
+        for ell, at in zip(sizes.tolist(), order.split(counts.tolist())):
+            y = self.answer_block(x[at, :ell], ell).to(dtype)  # [rows, out]
+            out = y.shape[1]
+            labels[at, ell: ell + out] = y
+            inputs[at, ell + 1: ell + out] = y[:, :-1]
         return Segment(inputs, labels, self.slices())
 
     def decode(self, token: int) -> str:
@@ -97,8 +116,8 @@ class EvenPairs(_Formal):
     symbols = ("a", "b")
 
     def answer(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        last = x.gather(1, (lengths - 1)[:, None])
-        return (x[:, :1] != last).long()
+        last = x[torch.arange(len(x)), lengths - 1]
+        return (x[:, 0] != last).long()
 
 
 @attrs.frozen(kw_only=True)
@@ -110,7 +129,7 @@ class ParityCheck(_Formal):
     symbols = ("a", "b")
 
     def answer(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return ((x == 1).sum(dim=1, keepdim=True) % 2).long()
+        return (x == 1).sum(dim=1) % 2
 
 
 @attrs.frozen(kw_only=True)
@@ -125,12 +144,12 @@ class CycleNavigation(_Formal):
     vocab_size: int = param(7, "tokens are in [0, vocab_size): positions 0..4 (moves 0..2), = and _",
                             at_least(2))
 
-    def strings(self, lengths: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, 3, (self.num_examples, self._max_length()), generator=gen)
+    def strings(self, rng: np.random.Generator) -> torch.Tensor:
+        return self.uniform(rng, 0, 3)
 
     def answer(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         moves = torch.where(x < 3, x - 1, 0)
-        return (moves.sum(dim=1, keepdim=True) % 5).long()
+        return moves.sum(dim=1) % 5
 
     def decode(self, token: int) -> str:
         return {5: "=", 6: "_"}.get(token, str(token))
@@ -147,9 +166,9 @@ class ModularArithmetic(_Formal):
     symbols = ("0", "1", "2", "3", "4", "+", "-", "*")
     vocab_size: int = param(10, "tokens are in [0, vocab_size): 0..4, + - *, = and _", at_least(2))
 
-    def lengths(self, gen: torch.Generator) -> torch.Tensor:
+    def lengths(self, rng: np.random.Generator) -> torch.Tensor:
         lo, hi = (self.min_length + 2) // 2, (self._max_length() + 1) // 2  # numbers per expression
-        return 2 * torch.randint(lo, hi + 1, (self.num_examples,), generator=gen) - 1
+        return torch.from_numpy(2 * rng.integers(lo, hi + 1, self.num_examples) - 1)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -157,11 +176,9 @@ class ModularArithmetic(_Formal):
             raise FieldError("min_length", f"no odd length in [min_length, {self._max_length()}] "
                                            f"(min_length={self.min_length})")
 
-    def strings(self, lengths: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        m = self._max_length()
-        nums = torch.randint(0, 5, (self.num_examples, m), generator=gen)
-        ops = torch.randint(5, 8, (self.num_examples, m), generator=gen)
-        return torch.where(torch.arange(m) % 2 == 0, nums, ops)
+    def strings(self, rng: np.random.Generator) -> torch.Tensor:
+        nums, ops = self.uniform(rng, 0, 5), self.uniform(rng, 5, 8)
+        return torch.where(torch.arange(self._max_length()) % 2 == 0, nums, ops)
 
     def answer(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -175,7 +192,7 @@ class ModularArithmetic(_Formal):
             total = torch.where(new_term, total + term, total)
             sign = torch.where(op == 6, -1, 1)
             term = torch.where(mul, term * num % 5, torch.where(new_term, sign * num, term))
-        return ((total + term) % 5)[:, None]
+        return (total + term) % 5
 
 
 @attrs.frozen(kw_only=True)
@@ -186,9 +203,8 @@ class ReverseString(_Formal):
     out_factor = 1
     symbols = ("0", "1")
 
-    def answer(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        idx = (lengths[:, None] - 1 - torch.arange(x.shape[1])).clamp(min=0)
-        return x.gather(1, idx)
+    def answer_block(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        return x.flip(1)
 
 
 @attrs.frozen(kw_only=True)
@@ -199,9 +215,8 @@ class DuplicateString(_Formal):
     out_factor = 2
     symbols = ("0", "1")
 
-    def answer(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        j = torch.arange(2 * x.shape[1])[None, :]
-        return x.gather(1, (j % lengths[:, None]).clamp(max=x.shape[1] - 1))
+    def answer_block(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        return x.repeat(1, 2)
 
 
 @attrs.frozen(kw_only=True)
@@ -214,5 +229,5 @@ class BucketSort(_Formal):
     symbols = ("0", "1", "2", "3", "4")
     vocab_size: int = param(7, "tokens are in [0, vocab_size): 0..4, = and _", at_least(2))
 
-    def answer(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return x.sort(dim=1).values  # padding (the largest token) sorts last
+    def answer_block(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        return x.sort(dim=1).values

@@ -16,8 +16,14 @@ import attrs
 import torch
 
 from zoology.errors import FieldError
-from zoology.tasks.base import IGNORE_INDEX, Segment, Task, at_least, between, param
-from zoology.tasks.sampling import distinct, first_occurrence, full_long, generator, shift_labels
+from zoology.tasks.base import IGNORE_INDEX, Segment, Task, at_least, between, param, token_dtype
+from zoology.tasks.sampling import (
+    few_distinct,
+    first_occurrence,
+    full_long,
+    generator,
+    shift_labels,
+)
 
 Targets = Literal["answers", "all"]
 TARGETS_DOC = "answers: score only recalled tokens (MAD's test split); all: every next token (its training split)"
@@ -161,6 +167,7 @@ class FuzzyInContextRecall(Task):
     """
 
     name = "fuzzy_in_context_recall"
+    version = 2  # v2: compact dtype, another distinct-token sampler (other tensors per seed)
     example = {"vocab_size": 16, "input_seq_len": 32, "k_motif_size": 2, "v_motif_size": 2}
     bench_params = [{"vocab_size": 16, "input_seq_len": 128, "num_examples": 100_000}]
 
@@ -197,8 +204,9 @@ class FuzzyInContextRecall(Task):
         rows = torch.arange(n)
         width = length + 1 + K + W + 1  # room for the last pair and a dump column
         dump = width - 1
-        buf = torch.full((n, width), pad, dtype=torch.int64)
-        tgt = torch.full((n, width), IGNORE_INDEX, dtype=torch.int64)
+        dtype = token_dtype(vocab)
+        buf = torch.full((n, width), pad, dtype=dtype)
+        tgt = torch.full((n, width), IGNORE_INDEX, dtype=dtype)
         offs = torch.arange(K + W)
 
         def key_size() -> torch.Tensor:
@@ -208,7 +216,7 @@ class FuzzyInContextRecall(Task):
 
         def draw_key() -> tuple[torch.Tensor, torch.Tensor]:
             size = key_size()
-            toks = distinct(n, K, 0, n_key_tok, gen)
+            toks = few_distinct(n, K, 0, n_key_tok, gen)
             return toks, size
 
         def code(toks: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
@@ -219,7 +227,7 @@ class FuzzyInContextRecall(Task):
             return c
 
         def draw_value() -> tuple[torch.Tensor, torch.Tensor]:
-            return distinct(n, W, n_key_tok, plain, gen), torch.randint(1, W + 1, (n,), generator=gen)
+            return few_distinct(n, W, n_key_tok, plain, gen), torch.randint(1, W + 1, (n,), generator=gen)
 
         pk, pks = draw_key()
         pv, pvs = draw_value()
@@ -229,9 +237,11 @@ class FuzzyInContextRecall(Task):
         probe_at = (torch.rand(n, generator=gen) * stop).long()
         cur = torch.zeros(n, dtype=torch.int64)
         added = torch.zeros(n, dtype=torch.bool)
-        mem_code = torch.empty(n, 0, dtype=torch.int64)
-        mem_val = torch.empty(n, 0, W, dtype=torch.int64)
-        mem_vs = torch.empty(n, 0, dtype=torch.int64)
+        steps = length // 2 + 1  # every pair takes at least 2 tokens
+        mem_code = torch.empty(n, steps, dtype=torch.int64)  # the pairs so far: key code,
+        mem_val = torch.empty(n, steps, W, dtype=torch.int64)  # value tokens,
+        mem_vs = torch.empty(n, steps, dtype=torch.int64)  # value length
+        step = 0
 
         def write(k: torch.Tensor, ks: torch.Tensor, v: torch.Tensor, vs: torch.Tensor,
                   active: torch.Tensor, scored: torch.Tensor) -> None:
@@ -241,7 +251,7 @@ class FuzzyInContextRecall(Task):
             vj = (j - ks[:, None]).clamp(min=0)
             is_val = ~is_key & (vj < vs[:, None])
             tok = torch.where(is_key, toks[:, :K].gather(1, j.clamp(max=K - 1).expand(n, -1)),
-                              v.gather(1, vj.clamp(max=W - 1)))
+                              v.gather(1, vj.clamp(max=W - 1))).to(buf.dtype)
             pos = torch.where((is_key | is_val) & active[:, None], cur[:, None] + j, dump)
             buf.scatter_(1, pos, tok)
             tgt.scatter_(1, torch.where(is_val & scored[:, None], pos, dump), tok)
@@ -258,10 +268,10 @@ class FuzzyInContextRecall(Task):
             k = torch.where(plant[:, None], pk, k)
             ks = torch.where(plant, pks, ks)
             kc = torch.where(plant, pcode, kc)
-            match = mem_code == kc[:, None]
+            match = mem_code[:, :step] == kc[:, None]
             seen = match.any(dim=1) & ~plant
             is_probe = kc == pcode
-            if mem_code.shape[1]:
+            if step:
                 first = match.int().argmax(dim=1)
                 v = torch.where(seen[:, None], mem_val[rows, first], v)
                 vs = torch.where(seen, mem_vs[rows, first], vs)
@@ -269,17 +279,22 @@ class FuzzyInContextRecall(Task):
             vs = torch.where(is_probe, pvs, vs)
             added |= active & is_probe
             write(k, ks, v, vs, active, seen & active)
-            mem_code = torch.cat([mem_code, torch.where(active, kc, -1)[:, None]], dim=1)
-            mem_val = torch.cat([mem_val, v[:, None]], dim=1)
-            mem_vs = torch.cat([mem_vs, vs[:, None]], dim=1)
+            mem_code[:, step] = torch.where(active, kc, -1)
+            mem_val[:, step] = v
+            mem_vs[:, step] = vs
+            step += 1
             cur = cur + torch.where(active, ks + vs, 0)
         write(pk, pks, pv, pvs, torch.ones(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool))
         cur = cur + probe_len
-        # left-pad to length + 1 tokens, then shift: inputs predict the next token
-        shift = (length + 1 - cur)[:, None]
-        idx = torch.arange(length + 1)[None, :] - shift
-        full = torch.where(idx >= 0, buf.gather(1, idx.clamp(min=0)), pad)
-        target = torch.where(idx >= 0, tgt.gather(1, idx.clamp(min=0)), IGNORE_INDEX)
+        # left-pad to length + 1 tokens (a block copy per distinct pad width), then shift:
+        # inputs predict the next token
+        shift = length + 1 - cur
+        full = torch.full((n, length + 1), pad, dtype=dtype)
+        target = torch.full((n, length + 1), IGNORE_INDEX, dtype=dtype)
+        for s in shift.unique().tolist():
+            at = (shift == s).nonzero()[:, 0]
+            full[at, s:] = buf[at, : length + 1 - s]
+            target[at, s:] = tgt[at, : length + 1 - s]
         inputs = full[:, :-1].contiguous()
         labels = full[:, 1:].contiguous() if self.targets == "all" else target[:, 1:].contiguous()
         return Segment(inputs, labels, self.slices())
