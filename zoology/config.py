@@ -84,6 +84,9 @@ class ModelConfig:
     max_position_embeddings: int = attrs.field(default=0, validator=at_least(0))
     embed_dropout: float = attrs.field(default=0.0, validator=between(0.0, 0.99))
     resid_dropout: float = attrs.field(default=0.0, validator=between(0.0, 0.99))
+    # "next_token": a causal LM head at every position; "autoencoder": MAD's compression
+    # protocol, every position decoded from the last position's vector by an MLP
+    readout: Literal["next_token", "autoencoder"] = "next_token"
 
 
 METRIC_NAMES = ("valid/accuracy", "valid/loss")
@@ -371,6 +374,15 @@ def _check_model(exp: Experiment) -> Iterator[tuple[str, str]]:
     if 0 < m.max_position_embeddings < exp.max_seq_len:
         yield ("model.max_position_embeddings",
                f"must be 0 (none) or >= the longest input_seq_len {exp.max_seq_len}, got {m.max_position_embeddings}")
+    for split in ("train", "test"):
+        for i, task in enumerate(getattr(exp.data, split)):
+            if task.readout != m.readout:
+                yield ("model.readout", f"data.{split}[{i}] ({task.name}) is scored with readout "
+                                        f"{task.readout!r}; the model has {m.readout!r}")
+                return
+    if m.readout == "autoencoder" and len({t.input_seq_len for t in [*exp.data.train, *exp.data.test]}) > 1:
+        yield ("model.readout", "the autoencoder decodes from the last position, so every segment needs "
+                                "the same input_seq_len")
     for key, specs in (("sequence_mixer", m.sequence_mixer), ("state_mixer", m.state_mixer)):
         for i, spec in enumerate(specs[: m.n_layers]):
             path = f"model.{key}" + (f"[{i}]" if len(specs) > 1 else "")

@@ -9,6 +9,11 @@ norm and the head only at those positions and returns their logits [M, V]: the s
 numbers, a third fewer FLOPs. This is exact because state mixers act per position.
 
 Mixer tables cycle over layers, so `[a, b]` with 4 layers gives a, b, a, b.
+
+``readout = "autoencoder"`` (MAD's compression protocol) replaces the head: the last
+position's vector z [B, D], plus a fixed sinusoidal embedding of each output position, goes
+through a two-layer MLP decoder to logits for every position [B, L, V]; nothing but z
+carries information about the sequence.
 """
 
 from __future__ import annotations
@@ -37,6 +42,27 @@ class Block(nn.Module):
         return x + self.dropout(self.state_mixer(self.norm2(x)))
 
 
+class Decoder(nn.Module):
+    """MAD's autoencoder decoder: z [B, D] + sinusoidal position [L, D] → MLP → [B, L, D]."""
+
+    def __init__(self, d_model: int, max_len: int) -> None:
+        super().__init__()
+        pos = torch.arange(max_len, dtype=torch.float32)[:, None]  # [L, 1]
+        freq = 1.0 / 10000 ** (torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)  # [D/2]
+        table = torch.zeros(max_len, d_model)
+        table[:, 0::2] = torch.sin(pos * freq)
+        table[:, 1::2] = torch.cos(pos * freq)[:, : d_model // 2]
+        self.register_buffer("positions", table, persistent=False)
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(d_model), nn.Linear(d_model, d_model), nn.GELU(),
+            nn.LayerNorm(d_model), nn.Linear(d_model, d_model), nn.GELU(),
+            nn.LayerNorm(d_model),
+        )
+
+    def forward(self, z: torch.Tensor, length: int) -> torch.Tensor:
+        return self.mlp(z[:, None, :] + self.positions[:length])  # [B, L, D]
+
+
 class LanguageModel(nn.Module):
     def __init__(self, exp: Experiment) -> None:
         super().__init__()
@@ -57,7 +83,9 @@ class LanguageModel(nn.Module):
         )
         self.norm_f = nn.LayerNorm(cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
-        self.lm_head.weight = self.token_embedding.weight  # tied
+        self.decoder = Decoder(cfg.d_model, exp.max_seq_len) if cfg.readout == "autoencoder" else None
+        if self.decoder is None:
+            self.lm_head.weight = self.token_embedding.weight  # tied
         self._init_weights(cfg.n_layers)
 
     def _init_weights(self, n_layers: int, std: float = 0.02) -> None:
@@ -81,6 +109,11 @@ class LanguageModel(nn.Module):
         if self.position_embedding is not None:
             x = x + self.position_embedding(torch.arange(tokens.shape[1], device=tokens.device))
         x = self.embed_dropout(x)
+        if self.decoder is not None:  # autoencoder: decode every position from the last one
+            for block in self.blocks:
+                x = block(x)
+            x = self.decoder(self.norm_f(x[:, -1]), tokens.shape[1])  # [B, L, D]
+            return self.lm_head(x if where is None else x[where])
         for block in self.blocks[:-1]:
             x = block(x)
         x = self.blocks[-1](x, where)

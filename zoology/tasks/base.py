@@ -91,6 +91,13 @@ class Task:
     # settings `zoology bench data` times (None: `example` with 100,000 examples)
     bench_params: ClassVar[list[dict[str, Any]] | None] = None
 
+    @property
+    def readout(self) -> str:
+        """How the model must produce the scored predictions: ``"next_token"`` (a causal LM,
+        ``labels[i, t]`` follows ``inputs[i, :t+1]``) or ``"autoencoder"`` (every position
+        decoded from the last one, MAD's compression). ``model.readout`` must match."""
+        return "next_token"
+
     vocab_size: int = param(doc="tokens are in [0, vocab_size)", validator=at_least(2))
     input_seq_len: int = param(doc="length of each example", validator=at_least(1))
     num_examples: int = param(doc="number of examples in the segment", validator=at_least(1))

@@ -359,41 +359,58 @@ class SelectiveCopying(Task):
 
 @attrs.frozen(kw_only=True)
 class Compression(Task):
-    """Compression (MAD), as next-token prediction: ``input_seq_len / 2`` random tokens, then
-    the compression token repeated; at the i-th compression token the i-th token is scored.
+    """Compression (MAD): ``input_seq_len - 1`` random tokens and the compression token; the
+    whole sequence must be reconstructed from the model's vector at the compression token.
 
-    Tokens come from ``[0, V-1)``; ``V-1`` is the compression token. MAD trains an
-    encoder that pools the sequence into its last position and an MLP decoder that
-    reconstructs every token from that one vector plus a position embedding; Zoology's
-    causal language model has no such bottleneck, so here the whole sequence must be
-    recalled after it (a pure test of state capacity for fixed-state mixers; attention
-    can look back). MAD's baseline (31 tokens + compression token, seq_len 32) is close to
-    ``input_seq_len = 64``. MAD's noise option is not provided (its generator discards the
-    noise targets anyway).
+    Tokens come from ``[0, V-1)``; ``V-1`` is the compression token. With ``protocol =
+    "autoencoder"`` (MAD's, the default) the labels are the inputs themselves, compression
+    token included, and the model must have ``readout = "autoencoder"``: MAD's encoder pools
+    the last position and an MLP decoder reconstructs every position from that one vector
+    plus a fixed sinusoidal position embedding (athms/mad-lab ``AutoEncoder``; the experiment
+    loader rejects any other pairing). MAD's baseline is ``vocab_size = 16, input_seq_len =
+    32``. With ``protocol = "next_token"`` the task fits a causal LM: ``input_seq_len / 2``
+    random tokens, then the compression token repeated, and at the i-th compression token the
+    i-th token is scored (recall of the whole sequence; attention can look back, so this
+    tests state capacity rather than MAD's bottleneck). MAD's noise option is not provided
+    (its generator discards the noise targets anyway).
     """
 
     name = "compression"
+    version = 2  # v2: MAD's autoencoder protocol (the default), compact dtype
     example = {"vocab_size": 16, "input_seq_len": 16}
-    bench_params = [{"vocab_size": 16, "input_seq_len": 64, "num_examples": 100_000}]
+    bench_params = [{"vocab_size": 16, "input_seq_len": 32, "num_examples": 100_000}]
 
     vocab_size: int = param(16, "tokens are in [0, vocab_size); the last is the compression token", at_least(2))
-    input_seq_len: int = param(64, "length of each example: the tokens, then as many compression tokens",
-                               at_least(2))
+    input_seq_len: int = param(32, "length of each example, the compression token(s) included", at_least(2))
     num_examples: int = param(12_800, "number of examples in the segment", at_least(1))
+    protocol: Literal["autoencoder", "next_token"] = param(
+        "autoencoder", "autoencoder: MAD's (needs model.readout = \"autoencoder\"); next_token: for a causal LM")
 
     def __attrs_post_init__(self) -> None:
-        _even(self, 2)
+        if self.protocol == "next_token" and self.input_seq_len % 2:
+            raise FieldError("input_seq_len", f"must be even with protocol = \"next_token\" (the tokens, then "
+                                              f"as many compression tokens), got {self.input_seq_len}")
+
+    @property
+    def readout(self) -> str:
+        return self.protocol
 
     def slices(self) -> dict[str, int]:
         return {"input_seq_len": self.input_seq_len}
 
     def generate(self, seed: int) -> Segment:
         gen = generator(seed)
-        n, m = self.num_examples, self.input_seq_len // 2
-        tokens = torch.randint(0, self.vocab_size - 1, (n, m), generator=gen)
-        inputs = torch.cat([tokens, torch.full((n, m), self.vocab_size - 1, dtype=torch.int64)], dim=1)
-        labels = torch.cat([torch.full((n, m - 1), IGNORE_INDEX, dtype=torch.int64), tokens,
-                            torch.full((n, 1), IGNORE_INDEX, dtype=torch.int64)], dim=1)
+        n, length, token = self.num_examples, self.input_seq_len, self.vocab_size - 1
+        dtype = token_dtype(self.vocab_size)
+        if self.protocol == "autoencoder":
+            inputs = torch.full((n, length), token, dtype=dtype)
+            inputs[:, :-1] = torch.randint(0, token, (n, length - 1), generator=gen)
+            return Segment(inputs, inputs.clone(), self.slices())
+        m = length // 2
+        tokens = torch.randint(0, token, (n, m), generator=gen).to(dtype)
+        inputs = torch.cat([tokens, torch.full((n, m), token, dtype=dtype)], dim=1)
+        labels = torch.full((n, length), IGNORE_INDEX, dtype=dtype)
+        labels[:, m - 1: 2 * m - 1] = tokens
         return Segment(inputs, labels, self.slices())
 
     def decode(self, token: int) -> str:
