@@ -431,3 +431,12 @@ def test_every_task_rejects_a_bad_cross_field_combination():
         with pytest.raises(FieldError):
             cls(**{**cls.example, "num_examples": 1, **override})
 
+
+
+def test_bench_data_times_every_setting_of_a_task():
+    from zoology.bench import bench_data
+
+    rows = list(bench_data(["mqar"]))
+    assert [(r["input_seq_len"], r["num_kv_pairs"], r["num_examples"]) for r in rows] == [
+        (64, 4, 100_000), (256, 16, 100_000), (512, 64, 20_000)]  # upstream's timed settings
+    assert all(r["seconds"] > 0 and r["examples_per_s"] > 0 for r in rows)

@@ -27,13 +27,15 @@ def _best_of(fn: Any, repeats: int) -> float:
 
 
 def bench_data(names: list[str] | None = None, repeats: int = 1) -> Iterator[dict[str, Any]]:
-    """One row per (task, setting): seconds to generate ``num_examples`` examples."""
+    """One row per (task, setting): seconds to generate ``num_examples`` examples, after a
+    64-example warm-up of the same task (first-touch of the output memory is counted)."""
     reg = get_registry()
     for comp in reg.components("task"):
         if names and comp.name not in names:
             continue
         for params in getattr(comp.cls, "bench_params", None) or [{**comp.cls.example, "num_examples": 100_000}]:
             task = comp.cls(**params)
+            comp.cls(**{**params, "num_examples": 64}).generate(1)  # warm-up: imports, thread pools
             seconds = _best_of(lambda task=task: task.generate(0), repeats)
             yield {"task": comp.name, **params, "seconds": round(seconds, 4),
                    "examples_per_s": round(task.num_examples / seconds)}
