@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,11 @@ def test_no_traceback_from_python_m(write):
     proc = subprocess.run([sys.executable, "-m", "zoology", "validate", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "data.batch_size" in proc.stderr
+
+
+EXAMPLE_FILES = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_every_bundled_example_loads_and_validates(path):
+    assert load_experiments(path)  # every sweep point, strictly validated
