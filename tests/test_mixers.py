@@ -41,6 +41,7 @@ VARIANTS = {
     "gated_delta_net": [{"use_short_conv": False, "num_heads": 2}],
     "mamba": [{"d_state": 4, "dt_rank": 3, "expand": 1}],
     "mamba2": [{"d_state": 8, "headdim": 16, "ngroups": 2}],
+    "rwkv7": [{"head_dim": 8, "decay_lora": 4, "a_lora": 4, "gate_lora": 8}],
 }
 
 
@@ -83,7 +84,7 @@ def test_every_builtin_is_registered_with_documented_state_size():
 def test_recurrent_mixers_are_the_linear_time_families():
     recurrent = {cls.name for cls in BUILTIN_MIXERS if hasattr(cls, "recurrent")}
     assert recurrent >= {"sliding_window_attention", "linear_attention", "based", "short_conv", "base_conv",
-                         "hyena", "h3", "gla", "retnet", "delta_net", "gated_delta_net", "mamba", "mamba2", "rwkv"}
+                         "hyena", "h3", "gla", "retnet", "delta_net", "gated_delta_net", "mamba", "mamba2", "rwkv", "rwkv7"}
 
 
 @pytest.mark.parametrize("per", ["none", "head", "key"])

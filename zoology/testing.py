@@ -61,11 +61,16 @@ def check_mixer(
     for a mixer with ``recurrent(x)``, that it matches forward and holds state_size scalars."""
     torch.manual_seed(0)
     mixer = _build(mixer_cls, d_model, seq_len, params).eval()
+    with torch.no_grad():  # zero-initialised weights (output projections, low-rank maps, gates)
+        for p in mixer.parameters():  # would make the checks below vacuous
+            if p.is_floating_point() and not p.any():
+                p.normal_(0.0, 0.1)
     for batch, length in ((2, seq_len), (1, 5)):
         x = torch.randn(batch, length, d_model)
         y = mixer(x)
         assert y.shape == x.shape, f"forward must map [B, L, D] to [B, L, D]: {tuple(x.shape)} -> {tuple(y.shape)}"
         assert torch.isfinite(y).all(), "output must be finite"
+        assert y.abs().max() > 0, "output is zero for a random input"
     if causal:
         x = torch.randn(2, seq_len, d_model)
         t = seq_len // 2

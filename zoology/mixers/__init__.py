@@ -33,6 +33,7 @@ from zoology.mixers.linear_attention import LinearAttention
 from zoology.mixers.mamba import Mamba, Mamba2
 from zoology.mixers.retnet import MultiScaleRetention
 from zoology.mixers.rwkv import RWKV4
+from zoology.mixers.rwkv7 import RWKV7
 from zoology.mixers.state import GLU, MLP, Identity
 
 # registered by zoology.builtin; one line per mixer class
@@ -52,6 +53,7 @@ BUILTIN_MIXERS: list[type] = [
     Mamba,
     Mamba2,
     RWKV4,
+    RWKV7,
     MLP,
     GLU,
     Identity,
