@@ -197,3 +197,21 @@ def test_language_model_keeps_mamba_init(write):
     assert A2.min() >= 1 - 1e-5 and A2.max() <= 16 + 1e-4
     # the rest of the model still gets the generic init
     assert abs(model.token_embedding.weight.std().item() - 0.02) < 0.005
+
+
+def test_chunked_rwkv7_matches_its_recurrence():
+    from zoology.mixers.rwkv7 import chunk_rwkv7
+
+    torch.manual_seed(0)
+    b, h, l, n = 2, 3, 37, 5
+    r, k, v = (torch.randn(b, h, l, n, dtype=torch.float64) for _ in range(3))
+    logw = -torch.exp(-F.softplus(torch.randn(b, h, l, n, dtype=torch.float64)) - 0.5)
+    kappa = F.normalize(torch.randn(b, h, l, n, dtype=torch.float64), dim=-1)
+    a, bb = -kappa, kappa * torch.rand(b, h, l, n, dtype=torch.float64)
+    S, ref = torch.zeros(b, h, n, n, dtype=torch.float64), []
+    for t in range(l):  # S_t = S_{t-1}(diag(w_t) + a_t b_t^T) + v_t k_t^T, o_t = S_t r_t
+        S = (S * logw[:, :, t, None, :].exp() + torch.einsum("bhvk,bhk->bhv", S, a[:, :, t])[..., None]
+             * bb[:, :, t, None, :] + v[:, :, t, :, None] * k[:, :, t, None, :])
+        ref.append(torch.einsum("bhvk,bhk->bhv", S, r[:, :, t]))
+    out = chunk_rwkv7(r, logw, k, v, a, bb, chunk_size=8)
+    assert torch.allclose(out, torch.stack(ref, 2), atol=1e-10)

@@ -8,10 +8,10 @@
     o_t = GroupNorm(S_t r_t) + (r_t ⊙ k_t ⊙ ρ)·1 v_t,  y_t = out(o_t ⊙ g_t)
 
 The state update is a generalized delta rule: decay per channel, then remove the part of
-the state along κ_t (scaled by a_t), then write v_t k_t^T. The scan runs over positions one
-at a time, as fla's naive reference (linear in length). Left out: the value residual
-("v_first" mixing of the first layer's values into later layers), which needs state passed
-between layers.
+the state along κ_t (scaled by a_t), then write v_t k_t^T. Training runs it in chunks
+(:func:`chunk_rwkv7`, linear in length); ``recurrent()`` runs it one position at a time, as
+fla's naive reference. Left out: the value residual ("v_first" mixing of the first layer's
+values into later layers), which needs state passed between layers.
 """
 
 from __future__ import annotations
@@ -21,6 +21,50 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def chunk_rwkv7(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
+                b: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
+    """All outputs o_t = S_t r_t of S_t = S_{t-1}(diag(e^{logw_t}) + a_t b_t^T) + v_t k_t^T,
+    S_0 = 0. Inputs [B, H, L, N] (float32); returns o [B, H, L, N].
+
+    Within a chunk, with G_t the cumulative log decay from the chunk start and S_0 its
+    incoming state, S_t = (S_0 + Σ_{i≤t} u_i b_i^T e^{-G_i} + v_i k_i^T e^{-G_i}) e^{G_t}
+    where u_i = S_{i-1} a_i solves the unit lower-triangular system
+    u_i = S_0 (e^{G_{i-1}} a_i) + Σ_{j<i} u_j (a_i e^{G_{i-1}})·(b_j e^{-G_j}) + v_j (...)·(k_j e^{-G_j}).
+    The factors e^{-G} stay below 0.545^-chunk_size (RWKV-7's decay is at least 0.545 per
+    step: 1.6e4 for 16), so the pairwise terms are plain [C, N] × [N, C] products; only the
+    chunk-to-chunk state update runs in a Python loop.
+    """
+    B, H, L, N = r.shape
+    pad = (-L) % chunk_size
+    if pad:  # trailing steps that decay nothing and write nothing
+        r, logw, k, v, a, b = (F.pad(t, (0, 0, 0, pad)) for t in (r, logw, k, v, a, b))
+    n, C = (L + pad) // chunk_size, chunk_size
+    r, logw, k, v, a, b = (t.reshape(B, H, n, C, N) for t in (r, logw, k, v, a, b))
+    G = logw.cumsum(3)  # [B, H, n, C, N]: log decay through step t
+    G_prev = G - logw  # through step t-1
+    G_end = G[:, :, :, -1:]  # through the whole chunk
+    a_in, r_in = a * G_prev.exp(), r * G.exp()  # what S_0 (and earlier steps) meet
+    b_back, k_back = b * (-G).exp(), k * (-G).exp()  # steps brought back to the chunk start
+    i = torch.arange(C, device=r.device)
+    strict, incl = i[:, None] > i, i[:, None] >= i  # j < i; i <= t
+    ab = (a_in @ b_back.transpose(-1, -2)).masked_fill(~strict, 0)  # [B, H, n, C, C]
+    ak = (a_in @ k_back.transpose(-1, -2)).masked_fill(~strict, 0)
+    rb = (r_in @ b_back.transpose(-1, -2)).masked_fill(~incl, 0)
+    rk = (r_in @ k_back.transpose(-1, -2)).masked_fill(~incl, 0)
+    eye = torch.eye(C, device=r.device, dtype=r.dtype)
+    solve = torch.linalg.solve_triangular(eye - ab, eye.expand_as(ab), upper=False, unitriangular=True)
+    to_end = (G_end - G).exp()
+    b_out, k_out = b * to_end, k * to_end  # what each step leaves in the chunk's final state
+    S = r.new_zeros(B, H, N, N)  # [B, H, N(v), N(k)]
+    outs = []
+    for c in range(n):
+        u = solve[:, :, c] @ (torch.einsum("bhvk,bhik->bhiv", S, a_in[:, :, c]) + ak[:, :, c] @ v[:, :, c])
+        outs.append(torch.einsum("bhvk,bhtk->bhtv", S, r_in[:, :, c]) + rb[:, :, c] @ u + rk[:, :, c] @ v[:, :, c])
+        S = (S * G_end[:, :, c].exp() + torch.einsum("bhiv,bhik->bhvk", u, b_out[:, :, c])
+             + torch.einsum("bhiv,bhik->bhvk", v[:, :, c], k_out[:, :, c]))
+    return torch.stack(outs, dim=2).reshape(B, H, n * C, N)[:, :, :L]
 
 
 def _lora_rank(d_model: int, factor: float, power: float = 0.5) -> int:
@@ -40,6 +84,7 @@ class RWKV7(nn.Module):
     """
 
     name = "rwkv7"
+    chunk_size = 16
 
     def __init__(self, d_model: int, head_dim: int = 64, decay_lora: int = 0, a_lora: int = 0,
                  gate_lora: int = 0, layer_idx: int = 0, n_layers: int = 2) -> None:
@@ -101,25 +146,25 @@ class RWKV7(nn.Module):
             self.ln_x.reset_parameters()
 
     def _inputs(self, x: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x, prev = x_{t-1} [..., D] → r, decay w, k, v, removal direction -κ, its write
+        """x, prev = x_{t-1} [..., D] → r, log decay, k, v, removal direction -κ, its write
         weight κ ⊙ a, and gate g, each [..., D]."""
         xr, xw, xk, xv, xa, xg = (x + (prev - x) * m for m in self.mix)
         r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
         omega = -F.softplus(-(self.w0 + torch.tanh(xw @ self.w1) @ self.w2)) - 0.5
-        w = torch.exp(-torch.exp(omega.float()))  # decay per channel, in (0.545, 1)
+        logw = -torch.exp(omega.float())  # log decay per channel: decay in (0.545, 1)
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
         kappa = F.normalize((k * self.k_k).unflatten(-1, (self.num_heads, self.head_dim)), dim=-1).flatten(-2)
         k = k * (1 + (a - 1) * self.k_a)
-        return r, w, k, v, -kappa, kappa * a, g
+        return r, logw, k, v, -kappa, kappa * a, g
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.float().unflatten(-1, (self.num_heads, self.head_dim))  # [..., H, N]
 
-    def _step(self, S: torch.Tensor, r, w, k, v, a, b) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, S: torch.Tensor, r, logw, k, v, a, b) -> tuple[torch.Tensor, torch.Tensor]:
         """One position. S [B, H, N(v), N(k)]; the rest [B, H, N]. Returns (S r, new S)."""
         Sa = torch.einsum("bhvk,bhk->bhv", S, a)  # the state along the removal direction
-        S = S * w[:, :, None, :] + Sa[..., None] * b[:, :, None, :] + v[..., None] * k[:, :, None, :]
+        S = S * logw.exp()[:, :, None, :] + Sa[..., None] * b[:, :, None, :] + v[..., None] * k[:, :, None, :]
         return torch.einsum("bhvk,bhk->bhv", S, r), S
 
     def _finish(self, o: torch.Tensor, r, k, v, g) -> torch.Tensor:
@@ -131,15 +176,9 @@ class RWKV7(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         prev = F.pad(x, (0, 0, 1, -1))  # x_{t-1}, zeros at t = 0
-        r, w, k, v, a, b, g = self._inputs(x, prev)  # [B, L, D]
-        S = x.new_zeros(x.shape[0], self.num_heads, self.head_dim, self.head_dim, dtype=torch.float32)
-        outs = []
-        steps = zip(*(self._heads(t).unbind(1) for t in (r, w, k, v, a, b)))  # unbind: linear backward
-        for r_t, w_t, k_t, v_t, a_t, b_t in steps:
-            o_t, S = self._step(S, r_t, w_t, k_t, v_t, a_t, b_t)
-            outs.append(o_t)
-        o = torch.stack(outs, dim=1).flatten(-2)  # [B, L, D]
-        return self._finish(o, r, k, v, g)
+        r, logw, k, v, a, b, g = self._inputs(x, prev)  # [B, L, D]
+        o = chunk_rwkv7(*(self._heads(t).transpose(1, 2) for t in (r, logw, k, v, a, b)), self.chunk_size)
+        return self._finish(o.transpose(1, 2).flatten(-2), r, k, v, g)  # o: [B, H, L, N] → [B, L, D]
 
     def recurrent(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Token by token. State: the previous input x_{t-1} [B, D] and S [B, H, N, N]."""
@@ -147,8 +186,8 @@ class RWKV7(nn.Module):
         S = x.new_zeros(x.shape[0], self.num_heads, self.head_dim, self.head_dim, dtype=torch.float32)
         ys = []
         for t in range(x.shape[1]):
-            r, w, k, v, a, b, g = self._inputs(x[:, t], prev)
-            o, S = self._step(S, *(self._heads(u) for u in (r, w, k, v, a, b)))
+            r, logw, k, v, a, b, g = self._inputs(x[:, t], prev)
+            o, S = self._step(S, *(self._heads(u) for u in (r, logw, k, v, a, b)))
             ys.append(self._finish(o.flatten(-2), r, k, v, g))
             prev = x[:, t]
         return torch.stack(ys, dim=1), (prev, S)
