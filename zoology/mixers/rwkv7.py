@@ -77,7 +77,7 @@ class RWKV7(nn.Module):
     read by a receptance, with a per-head bonus for the current token and an output gate.
 
     Args:
-        head_dim: channels per head (the reference uses 64); must divide d_model
+        head_dim: channels per head (the reference uses 64; at most d_model); must divide d_model
         decay_lora: rank of the data-dependent decay's low-rank map (0: the reference's size)
         a_lora: rank of the in-context learning rate's low-rank map (0: the reference's size)
         gate_lora: rank of the output gate's low-rank map (0: the reference's size)
