@@ -1,9 +1,13 @@
 """Vectorized sampling helpers shared by the task generators (no loop over examples).
 
-Every random number comes from the ``torch.Generator`` a task makes with :func:`generator`,
-so a segment depends on its seed alone. Big int64 outputs are allocated through numpy
-(:func:`empty_long`), which asks the kernel for huge pages: first-touch page faults were
-the largest single cost of generating 100k-example segments with ``torch.empty``.
+Two families, each drawing every random number from one seeded generator, so a segment
+depends on its seed alone: torch ones (:func:`generator`, :func:`distinct`, ...), which
+plugin tasks use and whose outputs must not change under them, and numpy PCG64 ones
+(``np_*``: several times faster here), which the busiest built-in generators use.
+:func:`empty_long` asks numpy (hence the kernel's huge pages) for big int64 buffers;
+:func:`np_token_buffer` takes torch's plain pages instead, which measured faster in a fresh
+process on our VMs. Either way first-touch page faults are the largest single cost of a
+100k-example segment, so the fast paths write compact tokens and keep temporaries small.
 """
 
 from __future__ import annotations
@@ -149,6 +153,11 @@ def np_generator(seed: int | np.random.SeedSequence) -> np.random.Generator:
 NUMPY_DTYPES = {torch.int16: np.int16, torch.int32: np.int32, torch.int64: np.int64}
 
 
+def np_uint16_fields(count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` independent uniform 16-bit integers: the four fields of each raw 64-bit draw."""
+    return rng.bit_generator.random_raw((count + 3) // 4).view(np.uint16)[:count]
+
+
 def np_token_buffer(n: int, length: int, dtype: torch.dtype) -> np.ndarray:
     """An uninitialised ``[n, length]`` array of ``dtype`` from torch's allocator (plain
     pages: in a fresh process the first touch of numpy's huge-page-advised buffers measured
@@ -173,8 +182,7 @@ def np_uniform_ints_(out: np.ndarray, low: int, high: int, rng: np.random.Genera
         mask = np.uint16(m - 1)
         for start in range(0, flat.size, 4 * chunk):
             part = flat[start:start + 4 * chunk]
-            fields = rng.bit_generator.random_raw((part.size + 3) // 4).view(np.uint16)[: part.size]
-            np.bitwise_and(fields, mask, out=part, casting="unsafe")
+            np.bitwise_and(np_uint16_fields(part.size, rng), mask, out=part, casting="unsafe")
     else:
         flat[...] = rng.integers(0, m, flat.size, dtype=np.int32 if m < 2**31 else np.int64)
     if low:
@@ -275,7 +283,7 @@ class UrnTable:
 
     def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """``count`` int64 indices."""
-        fields = rng.bit_generator.random_raw((count + 3) // 4).view(np.uint16)[:count]
+        fields = np_uint16_fields(count, rng)
         out = self.urn[fields]
         if self.rest is None:
             return out
@@ -306,9 +314,9 @@ def np_race_distinct(n: int, k: int, weights: np.ndarray, rng: np.random.Generat
     ``E_i / w_i`` (``E_i ~ Exp(1)``), in ascending order, are distributed exactly as k
     successive draws without replacement. ``E_i`` are float32 draws (numpy's float32
     ziggurat, three times faster than float64 here; their rounding, 2**-24 relative, is the
-    only approximation), the scores float64. The index rides in the low mantissa bits of
-    each score (ties below 2**-40 relative are broken by index), so one vectorized int64
-    sort per block of rows orders the race."""
+    only approximation), the scores float64. The index rides in the low ``bits`` mantissa
+    bits of each score (scores closer than 2**(bits - 52) relative are ordered by index), so
+    one vectorized int64 sort per block of rows orders the race."""
     size = len(weights)
     bits = max(size - 1, 1).bit_length()
     inv = np.float64(np.sum(weights)) / np.asarray(weights, dtype=np.float64)
@@ -346,7 +354,7 @@ def np_rejection_distinct(n: int, k: int, weights: np.ndarray, rng: np.random.Ge
             # rows whose draw was taken draw again: r candidates at once, the first free one
             # wins (the same as redrawing one at a time); r is about the expected tries
             q = len(idx) / n  # the chance that a draw is taken, roughly
-            r = 1 if q < 0.05 else min(64, math.ceil(1 / (1 - q)) if q < 1 else 64)
+            r = 1 if q < 0.05 else min(64, math.ceil(1 / max(1 - q, 1 / 64)))
             while len(idx):
                 cand = table.draw(len(idx) * r, rng).reshape(len(idx), r)
                 hit = taken[cand * n + idx[:, None]]
