@@ -115,7 +115,7 @@ class RWKV7(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The reference (x070) init: mixes and decay speeds vary across channels and depth;
+        """An init after the reference's (x070, as recalled; not checked against its code): mixes and decay speeds vary across channels and depth;
         low-rank maps start at zero on one side; the output projection starts at zero."""
         d = self.d_model
         r01 = self.layer_idx / max(self.n_layers - 1, 1)  # 0 → 1 across layers
