@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from zoology.config import load_experiment
 from zoology.errors import FieldError
+from zoology.mixer_context import role_of
 from zoology.mixers import BUILTIN_MIXERS
 from zoology.mixers._ops import chunk_delta_rule, chunk_linear_attention, delta_rule_step
 from zoology.mixers.attention import Attention, SlidingWindowAttention
@@ -21,7 +22,6 @@ from zoology.testing import check_mixer
 from .conftest import BASE
 
 SEQ_LEN = 45  # > 2 chunks at the test chunk size, not a multiple of it
-STATE_MIXERS = {"mlp", "glu", "identity"}
 
 # extra configurations beyond the defaults, exercising each option that changes the math
 VARIANTS = {
@@ -54,9 +54,7 @@ def small_chunks(monkeypatch):
 
 
 def _cases():
-    for cls in BUILTIN_MIXERS:
-        if cls.name in STATE_MIXERS:
-            continue
+    for cls in BUILTIN_MIXERS:  # state mixers too: per position, so trivially causal
         yield pytest.param(cls, {}, id=f"{cls.name}-default")
         for i, params in enumerate(VARIANTS.get(cls.name, [])):
             yield pytest.param(cls, params, id=f"{cls.name}-{i}")
@@ -75,10 +73,17 @@ def test_every_builtin_is_registered_with_documented_state_size():
         comp = reg.get("mixer", cls.name)
         assert comp.cls is cls
         assert comp.doc, f"{cls.name} needs a class docstring"
-        if cls.name not in STATE_MIXERS:
+        assert comp.role == role_of(cls)
+        if comp.role == "sequence":
             assert cls.state_size.__doc__, f"{cls.name}.state_size needs a docstring stating its formula"
             for p in comp.params:
                 assert p.doc, f"{cls.name}.{p.name} is not documented in the class's Args: section"
+
+
+def test_registry_records_each_mixers_role():
+    reg = load_registry(autoload=False)
+    assert {c.name for c in reg.components("mixer", role="state")} == {"mlp", "glu", "identity"}
+    assert "attention" in {c.name for c in reg.components("mixer", role="sequence")}
 
 
 def test_recurrent_mixers_are_the_linear_time_families():

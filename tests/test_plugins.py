@@ -36,6 +36,23 @@ class Echo(torch.nn.Module):
         return 0
 
 
+class Gain(torch.nn.Module):
+    """A per-position state mixer: a learned gain per channel."""
+
+    name = "gain"
+    role = "state"
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.ones(d_model))
+
+    def forward(self, x):
+        return x * self.gain
+
+    def state_size(self, seq_len: int) -> int:
+        return 0
+
+
 class MQARTwin(MQAR):
     """MQAR under another name."""
     name = "mqar_twin"
@@ -44,6 +61,7 @@ class MQARTwin(MQAR):
 @zoology.hookimpl
 def zoology_register_mixers(register):
     register(Echo)
+    register(Gain)
 
 
 @zoology.hookimpl
@@ -149,9 +167,21 @@ def test_good_plugin_appears(installed, capsys):
     info = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
     assert info["good"]["entry_point"] == "zoo_good" and info["good"]["distribution"] == "zoology-good"
     assert set(info["good"]["hooks"]) == {"zoology_register_tasks", "zoology_register_mixers"}
-    assert info["good"]["components"] == ["task:mqar_twin", "mixer:echo"]
+    assert info["good"]["components"] == ["task:mqar_twin", "mixer:echo", "mixer:gain"]
     assert main(["mixers"]) == 0
     assert "echo" in capsys.readouterr().out
+
+
+def test_plugin_state_mixer_is_registered_and_benchmarked_as_one(installed):
+    from zoology.bench import bench_mixers
+
+    installed("good")
+    reg = load_registry()
+    assert reg.get("mixer", "gain").role == "state" and reg.get("mixer", "echo").role == "sequence"
+    get_registry.cache_clear()
+    rows = list(bench_mixers(["gain", "echo"], lengths=(16, 32), d_model=8, tokens_per_batch=64, repeats=1))
+    assert [(r["mixer"], r["role"], r["seq_len"]) for r in rows] == [
+        ("echo", "sequence", 16), ("echo", "sequence", 32), ("gain", "state", 16)]
 
 
 def test_plugin_component_usable_in_toml(installed, write, base_toml):

@@ -8,7 +8,8 @@ import pytest
 import tomli
 
 from zoology.cli import main
-from zoology.config import dump_experiment, set_path, structure_experiment
+from zoology.config import dump_experiment, structure_experiment
+from zoology.paths import assign
 from zoology.report import build_rows, find_runs, key_value, report
 from zoology.runs import RunDir
 
@@ -29,11 +30,11 @@ def fake_accuracy(mixer: str, d_model: int, lr: float, seq_len: int) -> tuple[fl
 
 def write_run(root: Path, mixer: str, d_model: int, lr: float, seq_len: int, status: str = "done") -> Path:
     raw = tomli.loads(EXP)
-    set_path(raw, "model.sequence_mixer", dict(MIXERS[mixer]))
-    set_path(raw, "model.d_model", d_model)
-    set_path(raw, "train.learning_rate", lr)
+    assign(raw, "model.sequence_mixer", dict(MIXERS[mixer]))
+    assign(raw, "model.d_model", d_model)
+    assign(raw, "train.learning_rate", lr)
     for part in ("train", "test"):
-        set_path(raw, f"data.{part}.0.input_seq_len", seq_len)
+        assign(raw, f"data.{part}.0.input_seq_len", seq_len)
     raw["run_id"] = f"{mixer}-d{d_model}-lr{lr:g}-L{seq_len}" + ("-broken" if status != "done" else "")
     exp = structure_experiment(raw, "test")
     run = RunDir(root, exp.name, exp.run_id)
@@ -95,10 +96,25 @@ def test_hybrid_mixer_and_sweep_label(tmp_path):
     config["model"]["sequence_mixer"] = [{"name": "base_conv"}, {"name": "attention", "num_heads": 2}]
     (path / "config.toml").write_text(dump_experiment(structure_experiment(config, "test")))
     assert key_value(find_runs(path)[0], "mixer") == "base_conv+attention"
-    summary = json.loads((path / "summary.json").read_text())
-    summary["sweep"] = {"model.sequence_mixer": {"label": "hybrid", "name": "base_conv"}}
-    (path / "summary.json").write_text(json.dumps(summary))
-    assert key_value(find_runs(path)[0], "mixer") == "hybrid"
+
+
+def test_sweep_point_is_recorded_and_names_the_mixer(write, tmp_path, capsys):
+    """A real sweep run writes its point into the summary; report and --dry-run read it."""
+    exp = write(BASE.replace("num_examples = 32", "num_examples = 8") + """
+[sweep]
+"model.sequence_mixer" = [{ label = "attn", name = "attention", num_heads = 2 }, { label = "conv", name = "base_conv" }]
+""")
+    out = tmp_path / "runs"
+    assert main(["run", str(exp), "--out", str(out), "--quiet", "--set", "train.learning_rate=3e-3"]) == 0
+    summary = json.loads((out / "exp" / "attn" / "summary.json").read_text())
+    assert summary["sweep"] == {"model.sequence_mixer": {"label": "attn", "name": "attention", "num_heads": 2}}
+    assert summary["sweep_labels"] == {"model.sequence_mixer": "attn"}
+    assert {key_value(r, "mixer") for r in find_runs(out)} == {"attn", "conv"}
+    capsys.readouterr()
+    assert main(["run", str(exp), "--out", str(out), "--dry-run", "--set", "train.learning_rate=3e-3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split() == ["attn", "done", "model.sequence_mixer=attn"]
+    assert lines[3].split() == ["conv", "done", "model.sequence_mixer=conv"]
 
 
 def test_best_over_selects_by_validation_not_test(runs_root):

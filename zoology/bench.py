@@ -2,19 +2,21 @@
 
 * ``data``: generation time of every registered task at its ``bench_params``.
 * ``mixers``: forward+backward throughput and activation memory of every registered
-  sequence mixer at d_model 128 over sequence lengths 64…4096.
+  mixer at d_model 128: sequence mixers over lengths 64…4096, state mixers (which act per
+  position) at the first length.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from zoology.mixer_context import MixerContext, build_mixer
 from zoology.plugins import get_registry
+from zoology.tables import format_table
 
 
 def _best_of(fn: Any, repeats: int) -> float:
@@ -74,13 +76,10 @@ def bench_mixers(
     for comp in reg.components("mixer"):
         if names and comp.name not in names:
             continue
-        if comp.name in ("mlp", "glu", "identity"):  # state mixers: no sequence dimension
-            continue
-        for length in lengths:
-            accepted = inspect.signature(comp.cls.__init__).parameters
-            ctx = {"d_model": d_model, "layer_idx": 0, "n_layers": 2, "max_seq_len": length, "vocab_size": 256}
+        # a state mixer acts per position: one length measures it
+        for length in lengths if comp.role == "sequence" else lengths[:1]:
             torch.manual_seed(0)
-            mixer = comp.cls(**{k: v for k, v in ctx.items() if k in accepted})
+            mixer = build_mixer(comp.cls, {}, MixerContext(d_model=d_model, max_seq_len=length))
             batch = max(1, tokens_per_batch // length)
             x = torch.randn(batch, length, d_model, requires_grad=True)
 
@@ -92,7 +91,7 @@ def bench_mixers(
                 step()
             first = time.perf_counter() - start
             seconds = _best_of(step, repeats) if first < max_seconds / repeats else first
-            yield {"mixer": comp.name, "seq_len": length, "batch": batch,
+            yield {"mixer": comp.name, "role": comp.role, "seq_len": length, "batch": batch,
                    "tokens_per_s": round(batch * length / seconds),
                    "ms_per_step": round(seconds * 1000, 1),
                    "activation_mib": round(saved.bytes / 2**20, 1),
@@ -105,8 +104,4 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(nothing to benchmark)"
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    table = [[str(r.get(k, "")) for k in keys] for r in rows]
-    widths = [max(len(k), *(len(row[i]) for row in table)) for i, k in enumerate(keys)]
-    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in table]
-    return "\n".join(line.rstrip() for line in lines)
+    return format_table(keys, [[r.get(k, "") for k in keys] for r in rows])

@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
+from zoology.files import atomic_write
 from zoology.tasks.base import TOKEN_DTYPES, Segment, Task
 
 FORMAT = 1  # bump when the file layout or the key changes
@@ -78,24 +78,14 @@ def _load(path: Path, task: Task, seed: int) -> Segment:
     for name, t in (("inputs", inputs), ("labels", labels)):
         if tuple(t.shape) != shape or t.dtype not in TOKEN_DTYPES:
             raise ValueError(f"{name} is {t.dtype} {tuple(t.shape)}, expected an integer tensor of {shape}")
-    return Segment(inputs, labels, json.loads(meta.get("slices", "{}")))
+    return Segment(inputs, labels)
 
 
 def _save(path: Path, segment: Segment, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"inputs": segment.inputs.contiguous(), "labels": segment.labels.contiguous()},
-                  tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tensors = {"inputs": segment.inputs.contiguous(), "labels": segment.labels.contiguous()}
+    atomic_write(path, save(tensors, metadata=metadata))
 
 
 def cached_generate(task: Task, seed: int, cache_dir: Path | None) -> Segment:
@@ -110,9 +100,8 @@ def cached_generate(task: Task, seed: int, cache_dir: Path | None) -> Segment:
             warnings.warn(f"zoology cache: {path}: unusable ({_one_line(exc)}); regenerating",
                           RuntimeWarning, stacklevel=2)
     segment = task.generate(seed)
-    metadata = {**key_material(task, seed), "slices": json.dumps(segment.slices, sort_keys=True, default=str)}
     try:
-        _save(path, segment, metadata)
+        _save(path, segment, key_material(task, seed))
     except OSError as exc:  # a read-only or full disk costs speed, never the run
         warnings.warn(f"zoology cache: {path}: cannot write ({_one_line(exc)}); continuing uncached",
                       RuntimeWarning, stacklevel=2)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from zoology.runs import atomic_write
+from zoology.files import atomic_write
 
 CURRENT, PREVIOUS, PARTIAL = "checkpoint", "checkpoint.old", "checkpoint.tmp"
 STATE = "state.json"

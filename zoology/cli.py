@@ -8,7 +8,6 @@ import inspect
 import json
 import sys
 import textwrap
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +15,9 @@ import attrs
 
 from zoology.errors import UserError
 from zoology.plugins import Component, get_registry
+from zoology.tables import format_table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    lines += [fmt.format(*map(str, r)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 # -- run / validate ------------------------------------------------------------------------
@@ -51,36 +43,33 @@ def _result_line(summary: dict[str, Any], run_dir: Any) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from zoology import checkpoint, launch
-    from zoology.config import load_experiments, read_toml
-    from zoology.runs import SUMMARY, RunDir
-    from zoology.sweep import expand, fmt
-    from zoology.train import train
+    from zoology.config import load_points
+    from zoology.runs import RunDir
 
-    experiments = load_experiments(args.experiment, args.set)  # every run validated up front
+    runs = load_points(args.experiment, args.set)  # every run validated up front
     if args.only:
-        unknown = sorted(set(args.only) - {e.run_id for e in experiments})
+        unknown = sorted(set(args.only) - {e.run_id for _, e in runs})
         if unknown:
             raise UserError(f"{args.experiment}: --only: no run {', '.join(unknown)} "
-                            f"(runs: {', '.join(e.run_id for e in experiments)})")
-        experiments = [e for e in experiments if e.run_id in args.only]
+                            f"(runs: {', '.join(e.run_id for _, e in runs)})")
+        runs = [(p, e) for p, e in runs if e.run_id in args.only]
     if args.dry_run:
-        points = {p.run_id: p.values for p in expand(read_toml(args.experiment), str(args.experiment))}
         rows = [[e.run_id, RunDir(args.out, e.name, e.run_id).status() or "-",
-                 " ".join(f"{k}={fmt(v)}" for k, v in points.get(e.run_id, {}).items())] for e in experiments]
-        print(_table(rows, ["run", "status", "varied values"]))
-        print(f"{len(experiments)} runs, all valid; nothing trained (--dry-run)")
+                 " ".join(f"{k}={v}" for k, v in p.labels.items())] for p, e in runs]
+        print(format_table(["run", "status", "varied values"], rows))
+        print(f"{len(runs)} runs, all valid; nothing trained (--dry-run)")
         return EXIT_OK
-    run_dirs = [RunDir(args.out, exp.name, exp.run_id) for exp in experiments]
+    run_dirs = [RunDir(args.out, exp.name, exp.run_id) for _, exp in runs]
     if args.resume and not any(checkpoint.find(d.path) for d in run_dirs):
         raise UserError(f"{args.experiment}: --resume: no checkpoint under {args.out} to resume from")
     todo = []
-    for exp, run_dir in zip(experiments, run_dirs):
+    for (point, exp), run_dir in zip(runs, run_dirs):
         if args.rerun:
             checkpoint.remove(run_dir.path)
         elif run_dir.status() == "done":
             print(f"{exp.name}/{exp.run_id}: already done, skipped (--rerun to train again) → {run_dir}")
             continue
-        todo.append((exp, run_dir))
+        todo.append((point, exp, run_dir))
 
     def report(summary: dict[str, Any], run_dir: Any) -> None:
         if summary.get("processes", 1) == 1 or _is_main():
@@ -88,29 +77,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.backend == "ray" or args.parallel > 1:
         jobs = [(run_dir, launch.worker_command(args.experiment, exp.run_id, args.out, args.set, args.rerun), exp.name)
-                for exp, run_dir in todo]
+                for _, exp, run_dir in todo]
         if args.backend == "ray":
             failed = launch.run_ray(jobs, args.address, args.cpus_per_run, args.gpus_per_run, report)
         else:
             failed = launch.run_local(jobs, args.parallel, report)
     else:
-        failed = 0
-        for exp, run_dir in todo:
-            try:
-                summary = train(exp, run_dir, quiet=args.quiet)
-            except (UserError, KeyboardInterrupt):
-                raise
-            except Exception as exc:
-                failed += 1
-                run_dir.write_text("error.log", traceback.format_exc())
-                summary = {"status": "failed", "experiment": exp.name, "run_id": exp.run_id,
-                           "error": f"{type(exc).__name__}: {exc} (see error.log)"}
-                run_dir.write_json(SUMMARY, summary)
-            report(summary, run_dir)
-    if len(experiments) > 1:
-        print(f"{len(experiments)} runs: {len(experiments) - len(todo)} already done, {len(todo)} run, {failed} failed")
+        failed = launch.run_inline(todo, args.quiet, report)
+    if len(runs) > 1:
+        print(f"{len(runs)} runs: {len(runs) - len(todo)} already done, {len(todo)} run, {failed} failed")
         if failed:
-            for exp, run_dir in todo:
+            for _, exp, run_dir in todo:
                 if run_dir.status() == "failed":
                     print(f"  failed: {exp.run_id} → {run_dir}")
     return EXIT_FAILED if failed else EXIT_OK
@@ -151,8 +128,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
              "FAILED" if i.error else "ok",
              "; ".join(x for x in (", ".join(i.components), i.error and " ".join(i.error.split())) if x)
              or "-"] for i in infos]
-    print(_table(rows, ["plugin", "distribution", "version", "entry point", "hooks (zoology_register_*)",
-                        "status", "registers / error"]))
+    print(format_table(["plugin", "distribution", "version", "entry point", "hooks (zoology_register_*)",
+                        "status", "registers / error"], rows))
     return EXIT_OK
 
 
@@ -162,13 +139,13 @@ def _list(kind: str, args: argparse.Namespace) -> int:
         print(json.dumps([{"name": c.name, "plugin": c.plugin, "version": c.version, "doc": c.doc}
                           for c in comps], indent=2))
         return EXIT_OK
-    print(_table([[c.name, c.plugin, c.doc] for c in comps], [kind, "plugin", "description"]))
+    print(format_table([kind, "plugin", "description"], [[c.name, c.plugin, c.doc] for c in comps]))
     return EXIT_OK
 
 
 def _params_table(comp: Component) -> str:
     rows = [[p.name, p.type, "(required)" if p.required else repr(p.default), p.doc] for p in comp.params]
-    return _table(rows, ["parameter", "type", "default", "description"]) if rows else "(no parameters)"
+    return format_table(["parameter", "type", "default", "description"], rows) if rows else "(no parameters)"
 
 
 def show_task(comp: Component) -> str:
@@ -195,17 +172,19 @@ def show_task(comp: Component) -> str:
 def show_mixer(comp: Component) -> str:
     import torch
 
+    from zoology.mixer_context import MixerContext, build_mixer
+
     cls = comp.cls
-    lines = [f"mixer {comp.name} (plugin {comp.plugin})", "", inspect.cleandoc(cls.__doc__ or ""), "",
+    lines = [f"{comp.role} mixer {comp.name} (plugin {comp.plugin})", "", inspect.cleandoc(cls.__doc__ or ""), "",
              _params_table(comp), ""]
     state_doc = inspect.getdoc(getattr(cls, "state_size", None)) or "(not documented)"
     lines.append(f"state size: {state_doc}")
+    ctx = MixerContext()
     try:
         with torch.device("meta"):
-            accepted = inspect.signature(cls.__init__).parameters
-            ctx = {"d_model": 128, "layer_idx": 0, "n_layers": 2, "max_seq_len": 64, "vocab_size": 256}
-            mixer = cls(**{k: v for k, v in ctx.items() if k in accepted})
-        lines.append(f"  e.g. d_model=128, seq_len=64, defaults: {mixer.state_size(64):,} scalars per layer")
+            mixer = build_mixer(cls, {}, ctx)
+        lines.append(f"  e.g. d_model={ctx.d_model}, seq_len={ctx.max_seq_len}, defaults: "
+                     f"{mixer.state_size(ctx.max_seq_len):,} scalars per layer")
     except Exception as exc:  # a mixer whose defaults do not build at this size
         lines.append(f"  (example not available: {exc})")
     return "\n".join(lines)

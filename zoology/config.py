@@ -8,9 +8,7 @@ parameters are structured into their own schema.
 
 from __future__ import annotations
 
-import copy
 import difflib
-import inspect
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,12 @@ from cattrs.errors import AttributeValidationNote, ForbiddenExtraKeysError, Iter
 from cattrs.gen import make_dict_structure_fn
 
 from zoology.errors import ConfigError, FieldError, UserError
-from zoology.plugins import CONTEXT_ARGS, Registry, UnknownComponent, get_registry
+from zoology.metrics import parse as parse_metric
+from zoology.metrics import reported as reported_metrics
+from zoology.mixer_context import CONTEXT_ARGS, MixerContext, build_mixer
+from zoology.paths import assign, drop_none
+from zoology.plugins import Registry, UnknownComponent, get_registry
+from zoology.sweep import Point, expand
 from zoology.tasks.base import Task, at_least, between
 
 # -- the experiment ------------------------------------------------------------------------
@@ -48,12 +51,9 @@ class MixerSpec:
     params: dict[str, Any] = attrs.Factory(dict)
     cls: type | None = attrs.field(default=None, eq=False, repr=False)
 
-    def build(self, **context: Any) -> Any:
-        """Instantiate, passing the context arguments the constructor declares."""
-        cls = self.cls or get_registry().get("mixer", self.name).cls
-        accepted = inspect.signature(cls.__init__).parameters
-        ctx = {k: v for k, v in context.items() if k in accepted}
-        return cls(**ctx, **self.params)
+    def build(self, context: MixerContext) -> Any:
+        """Instantiate with these parameters in ``context``."""
+        return build_mixer(self.cls or get_registry().get("mixer", self.name).cls, self.params, context)
 
 
 @attrs.frozen
@@ -89,13 +89,11 @@ class ModelConfig:
     readout: Literal["next_token", "autoencoder"] = "next_token"
 
 
-METRIC_NAMES = ("valid/accuracy", "valid/loss")
-
-
 def _metric(inst: Any, attribute: attrs.Attribute, value: str) -> None:
-    if value not in METRIC_NAMES and not (value.startswith("valid/") and value.endswith(("/accuracy", "/loss"))):
-        raise FieldError(attribute.name, f"must be one of {', '.join(METRIC_NAMES)} or a per-slice "
-                                         f"metric like valid/num_kv_pairs=4/accuracy, got {value!r}")
+    parsed = parse_metric(value)
+    if parsed is None or parsed.split != "valid":
+        raise FieldError(attribute.name, f"must be a validation metric: valid/accuracy, valid/loss or a per-slice "
+                                         f"one like valid/num_kv_pairs=4/accuracy, got {value!r}")
 
 
 @attrs.frozen
@@ -310,43 +308,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.0.c`` in nested tables/arrays, creating tables as needed.
-
-    ``*`` stands for every item of an array or every table/array value of a table, and an
-    array met where a key is expected applies the rest to each of its tables, so
-    ``data.*.input_seq_len`` sets the length of every train and test segment."""
-    parts = dotted.split(".")
-
-    def visit(node: Any, i: int, where: str) -> int:
-        part = parts[i]
-        last = i == len(parts) - 1
-        if isinstance(node, list) and not (part.isdigit() or part == "*"):
-            return sum(visit(item, i, f"{where}.{j}") for j, item in enumerate(node))
-        if part == "*":
-            items = list(enumerate(node)) if isinstance(node, list) else \
-                [(k, v) for k, v in node.items() if isinstance(v, (dict, list))] if isinstance(node, dict) else []
-            if last or not items:
-                raise UserError(f"{dotted}: '*' at {where or 'the top'} matches no table or array to descend into")
-            return sum(visit(child, i + 1, f"{where}.{k}".lstrip(".")) for k, child in items)
-        if isinstance(node, list):
-            if int(part) >= len(node):
-                raise UserError(f"{dotted}: {where or 'the top'} has no item {part} (it has {len(node)})")
-            key: Any = int(part)
-        elif isinstance(node, dict):
-            key = part
-        else:
-            raise UserError(f"{dotted}: {where} is a value, not a table")
-        if last:
-            node[key] = copy.deepcopy(value)
-            return 1
-        if isinstance(node, dict) and key not in node:
-            node[key] = {}
-        return visit(node[key], i + 1, f"{where}.{part}".lstrip("."))
-
-    visit(tree, 0, "")
-
-
 def structure_experiment(raw: dict[str, Any], source: str, registry: Registry | None = None) -> Experiment:
     """dict → Experiment, strictly, with every problem reported at once as a ConfigError."""
     conv = make_converter(registry)
@@ -383,49 +344,56 @@ def _check_model(exp: Experiment) -> Iterator[tuple[str, str]]:
     if m.readout == "autoencoder" and len({t.input_seq_len for t in [*exp.data.train, *exp.data.test]}) > 1:
         yield ("model.readout", "the autoencoder decodes from the last position, so every segment needs "
                                 "the same input_seq_len")
+    reported = reported_metrics("valid", [t.slices() for t in exp.data.test])
+    stop = exp.train.early_stopping
+    for key, metric in (("train.select_metric", exp.train.select_metric),
+                        ("train.early_stopping.metric", stop.metric if stop else None)):
+        if metric is not None and metric not in reported:
+            yield key, f"{metric!r} is not reported by the validation segments; they report {', '.join(reported)}"
     for key, specs in (("sequence_mixer", m.sequence_mixer), ("state_mixer", m.state_mixer)):
         for i, spec in enumerate(specs[: m.n_layers]):
             path = f"model.{key}" + (f"[{i}]" if len(specs) > 1 else "")
             try:
                 with torch.device("meta"):
-                    spec.build(**mixer_context(exp, layer_idx=i))
+                    spec.build(mixer_context(exp, layer_idx=i))
             except FieldError as exc:
                 yield _join(path, exc.field), exc.message
             except (ValueError, TypeError, AssertionError) as exc:
                 yield path, f"{spec.name} rejects these arguments: {exc}"
 
 
-def mixer_context(exp: Experiment, layer_idx: int) -> dict[str, Any]:
-    """The context arguments the model passes to every mixer constructor."""
-    return {
-        "d_model": exp.model.d_model,
-        "layer_idx": layer_idx,
-        "n_layers": exp.model.n_layers,
-        "max_seq_len": exp.max_seq_len,
-        "vocab_size": exp.model.vocab_size or exp.vocab_size,
-    }
+def mixer_context(exp: Experiment, layer_idx: int) -> MixerContext:
+    """The context of layer ``layer_idx``'s mixers in ``exp``'s model."""
+    return MixerContext(d_model=exp.model.d_model, layer_idx=layer_idx, n_layers=exp.model.n_layers,
+                        max_seq_len=exp.max_seq_len, vocab_size=exp.model.vocab_size or exp.vocab_size)
+
+
+def load_points(
+    path: str | Path, overrides: list[str] = (), registry: Registry | None = None
+) -> list[tuple[Point, Experiment]]:
+    """Every run a TOML file describes, validated up front: the sweep point it comes from
+    (its varied values and labels) and its experiment."""
+    raw = read_toml(path)
+    for text in overrides:
+        assign(raw, *parse_override(text))
+    raw.setdefault("name", Path(path).stem)
+    runs, problems = [], []
+    for point in expand(raw, str(path)):
+        try:
+            runs.append((point, structure_experiment(point.raw, str(path), registry)))
+        except ConfigError as exc:
+            prefix = f"run {point.run_id}: " if "sweep" in raw else ""
+            problems += [(p, prefix + m) for p, m in exc.problems]
+    if problems:
+        raise ConfigError(str(path), list(dict.fromkeys(problems)))
+    return runs
 
 
 def load_experiments(
     path: str | Path, overrides: list[str] = (), registry: Registry | None = None
 ) -> list[Experiment]:
     """Every experiment a TOML file describes (one per sweep point), validated up front."""
-    from zoology.sweep import expand
-
-    raw = read_toml(path)
-    for text in overrides:
-        set_path(raw, *parse_override(text))
-    raw.setdefault("name", Path(path).stem)
-    experiments, problems = [], []
-    for point in expand(raw, str(path)):
-        try:
-            experiments.append(structure_experiment(point.raw, str(path), registry))
-        except ConfigError as exc:
-            prefix = f"run {point.run_id}: " if "sweep" in raw else ""
-            problems += [(p, prefix + m) for p, m in exc.problems]
-    if problems:
-        raise ConfigError(str(path), list(dict.fromkeys(problems)))
-    return experiments
+    return [exp for _, exp in load_points(path, overrides, registry)]
 
 
 def load_experiment(path: str | Path, overrides: list[str] = (), registry: Registry | None = None) -> Experiment:
@@ -436,17 +404,9 @@ def load_experiment(path: str | Path, overrides: list[str] = (), registry: Regis
     return exps[0]
 
 
-def _drop_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_drop_none(v) for v in value]
-    return value
-
-
 def to_dict(exp: Experiment) -> dict[str, Any]:
     """The experiment as plain TOML-ready data, every default filled in."""
-    return _drop_none(make_converter().unstructure(exp))
+    return drop_none(make_converter().unstructure(exp))
 
 
 def dump_experiment(exp: Experiment) -> str:

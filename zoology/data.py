@@ -57,7 +57,7 @@ def build_split(tasks: list[Task], split: str, base_seed: int, cache_dir: Path |
         inputs=torch.cat([pad(s.inputs, 0) for s in segments]),
         labels=torch.cat([pad(s.labels, IGNORE_INDEX) for s in segments]),
         segment=torch.cat([torch.full((len(s),), i, dtype=torch.int64) for i, s in enumerate(segments)]),
-        slices=[s.slices for s in segments],
+        slices=[t.slices() for t in tasks],
         seeds=seeds,
     )
 
@@ -91,9 +91,10 @@ def export_splits(exp: Experiment, out: str | Path) -> list[Path]:
 
     import zoology
     from zoology.cache import describe
-    from zoology.config import _drop_none, to_dict
+    from zoology.config import to_dict
     from zoology.errors import UserError
-    from zoology.runs import atomic_write
+    from zoology.files import atomic_write
+    from zoology.paths import drop_none
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -123,7 +124,7 @@ def export_splits(exp: Experiment, out: str | Path) -> list[Path]:
         written.append(out / file)
         info["splits"][name] = {"file": file, "num_examples": len(split), "seq_len": int(split.inputs.shape[1]),
                                 "segments": segments}
-    atomic_write(out / "data.toml", tomli_w.dumps(_drop_none(info)).encode("utf-8"))
+    atomic_write(out / "data.toml", tomli_w.dumps(drop_none(info)).encode("utf-8"))
     written.append(out / "data.toml")
     return written
 

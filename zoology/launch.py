@@ -1,7 +1,9 @@
 """Executors for many runs: in this process, in local worker processes, or as Ray tasks.
 
 Workers run ``python -m zoology run EXP --only RUN_ID`` so that a run that crashes or is
-killed takes nothing else down: its log is kept and it is recorded as failed.
+killed takes nothing else down: its log is kept and it is recorded as failed. In this
+process, a run that raises is recorded as failed (traceback in ``error.log``) and the next
+one starts.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zoology.errors import UserError
 from zoology.runs import SUMMARY, RunDir
+
+if TYPE_CHECKING:
+    from zoology.config import Experiment
+    from zoology.sweep import Point
 
 Report = Callable[[dict[str, Any], RunDir], None]
 
@@ -39,15 +46,38 @@ def slot_env(slot: int, parallel: int) -> dict[str, str]:
     return env
 
 
+def record_failure(run_dir: RunDir, experiment: str, run_id: str, error: str) -> dict[str, Any]:
+    """Write and return the summary of a run that failed with ``error``."""
+    summary = {"status": "failed", "experiment": experiment, "run_id": run_id, "error": error}
+    run_dir.write_json(SUMMARY, summary)
+    return summary
+
+
 def record_exit(run_dir: RunDir, run_id: str, experiment: str, code: int) -> dict[str, Any]:
     """The worker's summary; if it died without writing a final one, a failed one."""
     summary = run_dir.read_json(SUMMARY) or {}
     if code != 0 and summary.get("status") not in ("failed", "done", "diverged"):
         how = f"killed by signal {-code}" if code < 0 else f"worker exited with code {code}"
-        summary = {"status": "failed", "experiment": experiment, "run_id": run_id,
-                   "error": f"{how} (see worker.log)"}
-        run_dir.write_json(SUMMARY, summary)
+        summary = record_failure(run_dir, experiment, run_id, f"{how} (see worker.log)")
     return summary
+
+
+def run_inline(jobs: list[tuple[Point, Experiment, RunDir]], quiet: bool, report: Report) -> int:
+    """Train each (sweep point, experiment, run dir) in this process, one after another."""
+    from zoology.train import train
+
+    failed = 0
+    for point, exp, run_dir in jobs:
+        try:
+            summary = train(exp, run_dir, quiet=quiet, point=point)
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            failed += 1
+            run_dir.write_text("error.log", traceback.format_exc())
+            summary = record_failure(run_dir, exp.name, exp.run_id, f"{type(exc).__name__}: {exc} (see error.log)")
+        report(summary, run_dir)
+    return failed
 
 
 def run_local(jobs: list[tuple[RunDir, list[str], str]], parallel: int, report: Report) -> int:

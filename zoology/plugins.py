@@ -23,12 +23,11 @@ import pluggy
 
 from zoology import hookspecs
 from zoology.errors import UserError
+from zoology.mixer_context import CONTEXT_ARGS, role_of
 
 ENTRY_POINT_GROUP = "zoology"
 BUILTIN_PLUGIN = "zoology.builtin"
 KINDS = ("task", "mixer")
-# Filled in by the model from the experiment; never set in a mixer's TOML table.
-CONTEXT_ARGS = ("d_model", "layer_idx", "n_layers", "max_seq_len", "vocab_size")
 _HOOKS = {"task": "zoology_register_tasks", "mixer": "zoology_register_mixers"}
 
 
@@ -65,6 +64,8 @@ class Component:
     params: tuple[Param, ...]
     # the attrs class that TOML parameters are structured into (the task class itself for tasks)
     params_cls: type = attrs.field(repr=False)
+    # mixers: "sequence" (mixes positions) or "state" (per position); None for tasks
+    role: str | None = None
 
 
 @attrs.define
@@ -238,9 +239,9 @@ class Registry:
             if not isinstance(name, str) or not name:
                 raise TypeError(f"{cls!r} has no `name`; pass register(cls, name='...')")
             params, params_cls = (_task_params if kind == "task" else _mixer_params)(cls)
-            staged.append(
-                Component(name, kind, cls, plugin, info.version, first_line(cls.__doc__), params, params_cls)
-            )
+            role = role_of(cls) if kind == "mixer" else None
+            staged.append(Component(name, kind, cls, plugin, info.version, first_line(cls.__doc__),
+                                    params, params_cls, role))
 
         try:
             hook(register=register)
@@ -260,8 +261,10 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return sorted(self._components[kind])
 
-    def components(self, kind: str) -> list[Component]:
-        return [self._components[kind][n] for n in self.names(kind)]
+    def components(self, kind: str, role: str | None = None) -> list[Component]:
+        """Every component of ``kind`` by name; mixers of one ``role`` if given."""
+        comps = [self._components[kind][n] for n in self.names(kind)]
+        return [c for c in comps if role is None or c.role == role]
 
     def get(self, kind: str, name: str) -> Component:
         table = self._components[kind]

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import csv
 import difflib
-import fnmatch
 import io
 import json
 import math
 import os
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,12 @@ from typing import Any
 import tomli
 
 from zoology.errors import UserError
-from zoology.runs import CONFIG, SUMMARY, atomic_write
+from zoology.files import atomic_write, read_json
+from zoology.metrics import parse as parse_metric
+from zoology.metrics import per_slice, twin
+from zoology.paths import flatten, lookup, matches, normalize
+from zoology.runs import CONFIG, SUMMARY
+from zoology.tables import format_table
 
 ALIASES: dict[str, str] = {
     "experiment": "the experiment name",
@@ -44,8 +47,8 @@ ALIAS_PATHS: dict[str, tuple[str, ...]] = {
     "mixer": ("model.sequence_mixer",),
     "d_model": ("model.d_model",),
     "lr": ("train.learning_rate",),
-    "seq_len": ("data.*.*.input_seq_len",),
-    "num_kv_pairs": ("data.*.*.num_kv_pairs",),
+    "seq_len": ("data.*.input_seq_len",),
+    "num_kv_pairs": ("data.*.num_kv_pairs",),
 }
 DEFAULT_GROUP_BY = ("experiment", "mixer", "seq_len", "num_kv_pairs", "d_model", "lr")
 STATUS_RANK = {"done": 0, "diverged": 1, "running": 2, "failed": 3}
@@ -81,14 +84,6 @@ class Run:
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         return tomli.loads(path.read_text(encoding="utf-8"))
@@ -107,7 +102,8 @@ def find_runs(root: str | Path) -> list[Run]:
         if SUMMARY in files:
             dirs[:] = []  # a run's own sub-folders (checkpoints) hold no runs
             path = Path(folder)
-            summary = _read_json(path / SUMMARY) or {"status": "unreadable"}
+            summary = read_json(path / SUMMARY)
+            summary = summary if isinstance(summary, dict) else {"status": "unreadable"}
             runs.append(Run(path, summary, _read_config(path / CONFIG)))
     if not runs:
         raise UserError(f"{root}: no runs found (no folder with {SUMMARY} at or below it)")
@@ -117,36 +113,17 @@ def find_runs(root: str | Path) -> list[Run]:
 # -- keys ----------------------------------------------------------------------------------
 
 
-def _normalize(key: str) -> str:
-    """``data.train[0].x`` → ``data.train.0.x``."""
-    return re.sub(r"\[(\d+)\]", r".\1", key).strip(".")
-
-
-def _lookup(tree: Any, dotted: str) -> Any:
-    node = tree
-    for part in dotted.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
-    return node
-
-
 def _mixer_name(run: Run) -> str | None:
-    for record in ("sweep", "labels"):  # the sweep point's values, where a run records them
-        values = run.summary.get(record)
-        for key, value in values.items() if isinstance(values, dict) else ():
-            label = value.get("label") if isinstance(value, dict) else value
-            if _normalize(str(key)).startswith("model.sequence_mixer") and isinstance(label, str):
-                return label
-    specs = _lookup(run.config, "model.sequence_mixer")
+    labels = run.summary.get("sweep_labels")  # how the sweep point named its mixer, if it swept one
+    label = labels.get("model.sequence_mixer") if isinstance(labels, dict) else None
+    if isinstance(label, str):
+        return label
+    specs = lookup(run.config, "model.sequence_mixer")
     if isinstance(specs, dict):
         specs = [specs]
     if not isinstance(specs, list):
         return None
-    n_layers = _lookup(run.config, "model.n_layers")
+    n_layers = lookup(run.config, "model.n_layers")
     if isinstance(n_layers, int):
         specs = specs[:n_layers]
     names = [str(s.get("name")) for s in specs if isinstance(s, dict)]
@@ -154,7 +131,7 @@ def _mixer_name(run: Run) -> str | None:
 
 
 def _test_max(run: Run, param: str) -> Any:
-    values = [t.get(param) for t in _lookup(run.config, "data.test") or [] if isinstance(t, dict)]
+    values = [t.get(param) for t in lookup(run.config, "data.test") or [] if isinstance(t, dict)]
     values = [v for v in values if isinstance(v, (int, float))]
     return max(values) if values else None
 
@@ -168,22 +145,8 @@ def key_value(run: Run, key: str) -> Any:
     if key in ("seq_len", "num_kv_pairs"):
         return _test_max(run, "input_seq_len" if key == "seq_len" else key)
     if key in ("d_model", "lr"):
-        return _lookup(run.config, ALIAS_PATHS[key][0])
-    return _lookup(run.config, _normalize(key))
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Every leaf of a config as ``dotted.path → value`` (arrays of tables get indices)."""
-    if isinstance(tree, dict):
-        items: Iterable[tuple[Any, Any]] = tree.items()
-    elif isinstance(tree, list) and any(isinstance(v, (dict, list)) for v in tree):
-        items = enumerate(tree)
-    else:
-        return {prefix: tuple(tree) if isinstance(tree, list) else tree}
-    out: dict[str, Any] = {}
-    for k, v in items:
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
+        return lookup(run.config, ALIAS_PATHS[key][0])
+    return lookup(run.config, normalize(key))
 
 
 def available_keys(runs: Sequence[Run]) -> list[str]:
@@ -206,8 +169,7 @@ def check_keys(runs: Sequence[Run], keys: Sequence[str], option: str) -> None:
 
 
 def _excluded(path: str, keys: Sequence[str]) -> bool:
-    patterns = [p for k in keys for p in ALIAS_PATHS.get(k, (_normalize(k),))]
-    return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(path, p + ".*") for p in patterns)
+    return any(matches(p, path) for k in keys for p in ALIAS_PATHS.get(k, (k,)))
 
 
 def _identity(run: Run, best_over: Sequence[str]) -> tuple:
@@ -232,7 +194,7 @@ class Row:
 
 def valid_metric(metric: str) -> str:
     """The validation twin of a test metric: selection happens on validation, never on test."""
-    return "valid/" + metric.removeprefix("test/")
+    return twin(metric, "valid")
 
 
 def _rank(run: Run, select: str) -> tuple:
@@ -332,14 +294,9 @@ def table_rows(rows: Sequence[Row], group_by: Sequence[str], best_over: Sequence
     return header, cells
 
 
-def format_table(header: Sequence[str], cells: Sequence[Sequence[Any]]) -> str:
-    """Aligned plain-text columns."""
-    text = [[_fmt(v, h) for v, h in zip(r, header)] for r in cells]
-    widths = [max(len(x) for x in col) for col in zip(header, *text)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    lines += [fmt.format(*r) for r in text]
-    return "\n".join(line.rstrip() for line in lines)
+def format_cells(header: Sequence[str], cells: Sequence[Sequence[Any]]) -> str:
+    """The report as aligned plain-text columns."""
+    return format_table(header, [[_fmt(v, h) for v, h in zip(r, header)] for r in cells])
 
 
 def to_csv(header: Sequence[str], cells: Sequence[Sequence[Any]]) -> str:
@@ -357,18 +314,14 @@ def to_csv(header: Sequence[str], cells: Sequence[Sequence[Any]]) -> str:
 
 def _points(row: Row, metric: str) -> list[tuple[Any, float]]:
     """(sequence length, value) of a row: one per tested length when a run tests several."""
-    if metric.startswith("test/") and metric.count("/") == 1:
-        what = metric.split("/", 1)[1]
-        per_len = {}
-        for key, value in (row.run.summary.get("test") or {}).items():
-            m = re.fullmatch(rf"test/input_seq_len=(\d+)/{re.escape(what)}", key)
-            if m and isinstance(value, (int, float)):
-                per_len[int(m.group(1))] = float(value)
+    parsed = parse_metric(metric)
+    if parsed is not None and parsed.slice is None:
+        per_len = per_slice(row.run.summary.get("test") or {}, metric, "input_seq_len")
         if len(per_len) > 1:
-            return sorted(per_len.items())
+            return sorted((int(k), v) for k, v in per_len.items())
     value = row.run.metric(metric)
-    sliced = re.match(r"test/input_seq_len=(\d+)/", metric)
-    seq_len = int(sliced.group(1)) if sliced else key_value(row.run, "seq_len")
+    sliced = parsed is not None and parsed.slice is not None and parsed.slice[0] == "input_seq_len"
+    seq_len = int(parsed.slice[1]) if sliced else key_value(row.run, "seq_len")
     return [] if value is None or seq_len is None else [(seq_len, value)]
 
 
@@ -467,7 +420,7 @@ def report(root: str | Path, group_by: Sequence[str] = (), best_over: Sequence[s
     group_by = list(group_by) or default_group_by(runs, best_over)
     rows = build_rows(runs, group_by, best_over, metric)
     header, cells = table_rows(rows, group_by, best_over, metric)
-    lines = [format_table(header, cells), ""]
+    lines = [format_cells(header, cells), ""]
     done = sum(r.status == "done" for r in runs)
     lines.append(f"{len(runs)} runs ({done} done), {len(rows)} rows"
                  + (f", best of each group by {valid_metric(metric)} over {', '.join(best_over)}"

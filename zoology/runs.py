@@ -1,34 +1,17 @@
-"""The run directory: ``runs/<experiment>/<run-id>/`` with every file written atomically.
-
-A write goes to a temporary file in the same folder, is flushed to disk and renamed over
-the target, so a crash or a kill leaves either the previous good file or the new one.
-"""
+"""The run directory: ``runs/<experiment>/<run-id>/`` with every file written atomically
+(see :mod:`zoology.files`)."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from zoology.files import atomic_write, read_json
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 CONFIG = "config.toml"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class RunDir:
@@ -47,10 +30,7 @@ class RunDir:
         self.write_text(name, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
     def read_json(self, name: str) -> Any:
-        try:
-            return json.loads((self.path / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+        return read_json(self.path / name)
 
     def status(self) -> str | None:
         """``done``, ``failed``, ``diverged``, ``running`` (or killed), or None if never run."""

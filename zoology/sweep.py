@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 
 from zoology.errors import ConfigError, UserError
+from zoology.paths import assign
 
 # short names of common keys in run ids: attention-d64-lr1e-3-L256
 SHORT = {"d_model": "d", "learning_rate": "lr", "input_seq_len": "L", "num_kv_pairs": "kv",
@@ -31,11 +32,13 @@ SHORT = {"d_model": "d", "learning_rate": "lr", "input_seq_len": "L", "num_kv_pa
 
 @attrs.frozen
 class Point:
-    """One run of a sweep: its raw experiment, id, and the values that vary."""
+    """One run of a sweep: its raw experiment, id, and the values that vary (dotted key →
+    value as written in [sweep]; ``labels``: the same keys → how the value reads in ids)."""
 
     raw: dict[str, Any]
     run_id: str
-    values: dict[str, Any]
+    values: dict[str, Any] = attrs.Factory(dict)
+    labels: dict[str, str] = attrs.Factory(dict)
 
 
 @attrs.frozen
@@ -98,12 +101,10 @@ def parse_axes(sweep: Any, source: str) -> list[Axis]:
 
 def expand(raw: dict[str, Any], source: str) -> list[Point]:
     """Every point of the sweep applied to ``raw`` (one point, id ``default``, without one)."""
-    from zoology.config import set_path
-
     raw = dict(raw)
     sweep = raw.pop("sweep", None)
     if sweep is None:
-        return [Point(raw, raw.get("run_id", "default"), {})]
+        return [Point(raw, raw.get("run_id", "default"))]
     axes = parse_axes(sweep, source)
     points = []
     for combo in itertools.product(*(axis.values for axis in axes)):
@@ -116,11 +117,11 @@ def expand(raw: dict[str, Any], source: str) -> list[Point]:
                 if isinstance(value, dict) and "label" in value:
                     value = {k: v for k, v in value.items() if k != "label"}
                 try:
-                    set_path(run, key, value)
+                    assign(run, key, value)
                 except UserError as exc:
                     raise ConfigError(source, [(f"sweep.{key}", str(exc))]) from None
             labels.append(_label(axis.keys[0], step[0]))
-        points.append(Point(run, "-".join(labels), values))
+        points.append(Point(run, "-".join(labels), values, {k: fmt(v) for k, v in values.items()}))
     _unique_ids(points)
     for p in points:
         p.raw["run_id"] = p.run_id

@@ -9,11 +9,11 @@ Each raises AssertionError with a message saying which property failed.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 
+from zoology.mixer_context import MixerContext, build_mixer
 from zoology.tasks.base import IGNORE_INDEX, TOKEN_DTYPES, Segment, Task
 
 
@@ -48,19 +48,13 @@ def check_task(task_cls: type[Task], invalid: list[dict[str, Any]] = (), **param
     return a
 
 
-def _build(mixer_cls: type, d_model: int, seq_len: int, params: dict[str, Any]) -> torch.nn.Module:
-    accepted = inspect.signature(mixer_cls.__init__).parameters
-    ctx = {"d_model": d_model, "layer_idx": 0, "n_layers": 2, "max_seq_len": seq_len, "vocab_size": 64}
-    return mixer_cls(**{k: v for k, v in ctx.items() if k in accepted}, **params)
-
-
 def check_mixer(
     mixer_cls: type, d_model: int = 32, seq_len: int = 17, causal: bool = True, atol: float = 1e-5, **params: Any
 ) -> torch.nn.Module:
     """Check the Mixer contract: shapes, causality, gradients, bf16 autocast, state size; and,
     for a mixer with ``recurrent(x)``, that it matches forward and holds state_size scalars."""
     torch.manual_seed(0)
-    mixer = _build(mixer_cls, d_model, seq_len, params).eval()
+    mixer = build_mixer(mixer_cls, params, MixerContext(d_model=d_model, max_seq_len=seq_len)).eval()
     with torch.no_grad():  # zero-initialised weights (output projections, low-rank maps, gates)
         for p in mixer.parameters():  # would make the checks below vacuous
             if p.is_floating_point() and not p.any():

@@ -26,8 +26,11 @@ from zoology import checkpoint
 from zoology.config import Experiment, dump_experiment
 from zoology.data import Split, build_splits, loader
 from zoology.errors import UserError
+from zoology.metrics import QUANTITIES, slice_groups
+from zoology.metrics import parse as parse_metric
 from zoology.model import LanguageModel
 from zoology.runs import CONFIG, METRICS, SUMMARY, RunDir
+from zoology.sweep import Point
 from zoology.tasks.base import IGNORE_INDEX
 from zoology.tracking import Tracker
 
@@ -116,14 +119,11 @@ def evaluate(model: torch.nn.Module, data: Any, split: Split, acc: Accelerator, 
 
     def summarize(idx: list[int], name: str) -> dict[str, float]:
         c = max(float(seg_count[idx].sum()), 1.0)
-        return {f"{name}/accuracy": float(seg_correct[idx].sum()) / c, f"{name}/loss": float(seg_loss[idx].sum()) / c}
+        return {f"{name}/{QUANTITIES[0]}": float(seg_correct[idx].sum()) / c,
+                f"{name}/{QUANTITIES[1]}": float(seg_loss[idx].sum()) / c}
 
     metrics = summarize(list(range(n)), prefix)
-    groups: dict[str, list[int]] = {}
-    for i, slices in enumerate(split.slices):
-        for key, value in slices.items():
-            groups.setdefault(f"{prefix}/{key}={value}", []).append(i)
-    for name, idx in sorted(groups.items()):
+    for name, idx in slice_groups(prefix, split.slices).items():
         metrics.update(summarize(idx, name))
     return metrics
 
@@ -131,11 +131,16 @@ def evaluate(model: torch.nn.Module, data: Any, split: Split, acc: Accelerator, 
 def _better(metric: str, new: float, old: float | None) -> bool:
     if old is None:
         return True
-    return new < old if metric.endswith("loss") else new > old
+    return new < old if _lower_is_better(metric) else new > old
 
 
 def _reached(metric: str, value: float, threshold: float) -> bool:
-    return value <= threshold if metric.endswith("loss") else value >= threshold
+    return value <= threshold if _lower_is_better(metric) else value >= threshold
+
+
+def _lower_is_better(metric: str) -> bool:
+    parsed = parse_metric(metric)
+    return parsed is not None and parsed.lower_is_better
 
 
 def versions() -> dict[str, str]:
@@ -164,81 +169,91 @@ class EpochShuffle(torch.utils.data.Sampler[int]):
         return self.n
 
 
-def train(exp: Experiment, run_dir: RunDir, quiet: bool = False) -> dict[str, Any]:
-    """Run ``exp`` to the end and return its summary (also written to ``summary.json``).
+class Trainer:
+    """One run of one experiment: built from the experiment and its run directory, then
+    :meth:`fit` restores what a checkpoint holds, trains epoch by epoch and finishes."""
 
-    Resumes from the run directory's checkpoint when there is one for the same experiment."""
-    acc = make_accelerator(exp)
-    main = acc.is_main_process
-    cfg = exp.train
-    start = time.time()
-    resolved = dump_experiment(exp)
-    found = checkpoint.find(run_dir.path)
-    if found is not None:
-        old = run_dir.path / CONFIG
-        if not old.exists() or old.read_text(encoding="utf-8") != resolved:
-            raise UserError(f"{run_dir}: holds a checkpoint of a different experiment; "
-                            "use --rerun to start over or --out for another place")
-    summary: dict[str, Any] = {"status": "running", "experiment": exp.name, "run_id": exp.run_id}
+    def __init__(self, exp: Experiment, run_dir: RunDir, quiet: bool = False, point: Point | None = None) -> None:
+        self.exp, self.run_dir, self.quiet = exp, run_dir, quiet
+        self.acc = acc = make_accelerator(exp)
+        self.main = acc.is_main_process
+        self.start = time.time()
+        self.resolved = dump_experiment(exp)
+        self.found = checkpoint.find(run_dir.path)
+        if self.found is not None:
+            old = run_dir.path / CONFIG
+            if not old.exists() or old.read_text(encoding="utf-8") != self.resolved:
+                raise UserError(f"{run_dir}: holds a checkpoint of a different experiment; "
+                                "use --rerun to start over or --out for another place")
+        self.summary: dict[str, Any] = {"status": "running", "experiment": exp.name, "run_id": exp.run_id}
+        if point is not None and point.values:
+            self.summary.update(sweep=point.values, sweep_labels=point.labels)
 
-    set_seed(cfg.seed)
-    splits = build_splits(exp)
-    model = LanguageModel(exp)
-    num_parameters = model.num_parameters()
-    state_size = model.state_size(exp.max_seq_len)
-    micro_batch = exp.data.batch_size // (acc.num_processes * cfg.gradient_accumulation_steps)
-    eval_batch = exp.data.eval_batch_size or exp.data.batch_size
-    order = EpochShuffle(len(splits["train"]), cfg.seed)
-    train_loader = DataLoader(splits["train"].dataset(), batch_size=micro_batch, sampler=order)
-    valid_loader = loader(splits["valid"], eval_batch)
-    test_loader = loader(splits["test"], eval_batch)
-    steps_per_epoch = math.ceil(math.ceil(len(splits["train"]) / (micro_batch * acc.num_processes))
-                                / cfg.gradient_accumulation_steps)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.warmup_steps, steps_per_epoch * cfg.max_epochs)
-    )
-    model, optimizer, train_loader, valid_loader, test_loader = acc.prepare(
-        model, optimizer, train_loader, valid_loader, test_loader
-    )
-    select, stop = cfg.select_metric, cfg.early_stopping
-    best_value, best_record, best_state, metrics = None, {}, None, {}
-    status, step, train_time, first_epoch = "done", 0, 0.0, 1
-    if found is not None:
-        state = checkpoint.load(found, acc.unwrap_model(model), optimizer, acc.process_index)
-        scheduler.load_state_dict(state["scheduler"])
-        step, train_time, first_epoch = state["step"], state["train_time"], state["epoch"] + 1
-        best_value, best_record = state["best_value"], state["best_record"]
-        best_file = found / "best.safetensors"
-        best_state = load_file(str(best_file)) if best_file.exists() else None
-        summary["resumed_from_epoch"] = state["epoch"]
-        if main:
-            run_dir.write_text(METRICS, "".join(json.dumps(r) + "\n" for r in run_dir.metrics()
-                                                if r["epoch"] <= state["epoch"]))
-            if not quiet:
-                print(f"{exp.name}/{exp.run_id}: resuming after epoch {state['epoch']} from {found}")
-    elif main:
-        run_dir.write_text(CONFIG, resolved)
-        run_dir.reset_metrics()
-    if main:
-        run_dir.write_json(SUMMARY, summary)
-    tracker = Tracker(exp, str(run_dir.path), enabled=main)
-    summary.update(
-        num_parameters=num_parameters, state_size=state_size, processes=acc.num_processes,
-        micro_batch_size=micro_batch, mixed_precision=cfg.mixed_precision,
-        seeds={"train": cfg.seed, **{k: s.seeds for k, s in splits.items()}}, versions=versions(),
-    )
+        cfg = exp.train
+        set_seed(cfg.seed)
+        self.splits = build_splits(exp)
+        model = LanguageModel(exp)
+        self.num_parameters = model.num_parameters()
+        self.state_size = model.state_size(exp.max_seq_len)
+        self.micro_batch = exp.data.batch_size // (acc.num_processes * cfg.gradient_accumulation_steps)
+        eval_batch = exp.data.eval_batch_size or exp.data.batch_size
+        self.order = EpochShuffle(len(self.splits["train"]), cfg.seed)
+        train_loader = DataLoader(self.splits["train"].dataset(), batch_size=self.micro_batch, sampler=self.order)
+        steps_per_epoch = math.ceil(math.ceil(len(self.splits["train"]) / (self.micro_batch * acc.num_processes))
+                                    / cfg.gradient_accumulation_steps)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(cfg.warmup_steps, steps_per_epoch * cfg.max_epochs)
+        )
+        self.model, self.optimizer, self.train_loader, self.valid_loader, self.test_loader = acc.prepare(
+            model, optimizer, train_loader, loader(self.splits["valid"], eval_batch),
+            loader(self.splits["test"], eval_batch)
+        )
+        # progress: what a checkpoint saves and restores
+        self.step, self.train_time, self.first_epoch = 0, 0.0, 1
+        self.best_value: float | None = None
+        self.best_record: dict[str, Any] = {}
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.last_metrics: dict[str, float] = {}
 
-    epoch = first_epoch - 1
-    # a run resumed from the checkpoint of the epoch that met the early-stopping threshold
-    stopped = stop is not None and stop.metric in best_record and \
-        _reached(stop.metric, best_record[stop.metric], stop.threshold)
-    for epoch in range(first_epoch, cfg.max_epochs + 1 if not stopped else first_epoch):
+    # -- the three steps -------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Continue from the run directory's checkpoint, or start the run directory afresh."""
+        run_dir, found = self.run_dir, self.found
+        if found is not None:
+            state = checkpoint.load(found, self.acc.unwrap_model(self.model), self.optimizer, self.acc.process_index)
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step, self.train_time, self.first_epoch = state["step"], state["train_time"], state["epoch"] + 1
+            self.best_value, self.best_record = state["best_value"], state["best_record"]
+            best_file = found / "best.safetensors"
+            self.best_state = load_file(str(best_file)) if best_file.exists() else None
+            self.summary["resumed_from_epoch"] = state["epoch"]
+            if self.main:
+                run_dir.write_text(METRICS, "".join(json.dumps(r) + "\n" for r in run_dir.metrics()
+                                                    if r["epoch"] <= state["epoch"]))
+                if not self.quiet:
+                    print(f"{self.exp.name}/{self.exp.run_id}: resuming after epoch {state['epoch']} from {found}")
+        elif self.main:
+            run_dir.write_text(CONFIG, self.resolved)
+            run_dir.reset_metrics()
+        if self.main:
+            run_dir.write_json(SUMMARY, self.summary)
+        cfg = self.exp.train
+        self.summary.update(
+            num_parameters=self.num_parameters, state_size=self.state_size, processes=self.acc.num_processes,
+            micro_batch_size=self.micro_batch, mixed_precision=cfg.mixed_precision,
+            seeds={"train": cfg.seed, **{k: s.seeds for k, s in self.splits.items()}}, versions=versions(),
+        )
+
+    def run_epoch(self, epoch: int) -> dict[str, Any] | None:
+        """Train one epoch, evaluate, record; the epoch's record, or None if it diverged."""
+        acc, model, cfg = self.acc, self.model, self.exp.train
         model.train()
-        order.epoch = epoch
+        self.order.epoch = epoch
         epoch_start = time.time()
         total = torch.zeros((), device=acc.device)
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.max_epochs}", disable=quiet or not main,
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{cfg.max_epochs}", disable=self.quiet or not self.main,
                    leave=False, dynamic_ncols=True)
         for i, (inputs, labels, _) in enumerate(bar):
             with acc.accumulate(model):
@@ -248,73 +263,99 @@ def train(exp: Experiment, run_dir: RunDir, quiet: bool = False) -> dict[str, An
                 if acc.sync_gradients:
                     if cfg.max_grad_norm:
                         acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    step += 1
-                optimizer.step()
+                    self.step += 1
+                self.optimizer.step()
                 if acc.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
             total += loss.detach()
             if i % 25 == 24 and not bar.disable:  # the only host syncs in the loop
                 bar.set_postfix(loss=f"{total.item() / (i + 1):.3f}", refresh=False)
-        train_time += time.time() - epoch_start
-        train_loss = float(acc.reduce(total, "mean")) / max(1, len(train_loader))
+        self.train_time += time.time() - epoch_start
+        train_loss = float(acc.reduce(total, "mean")) / max(1, len(self.train_loader))
         if not math.isfinite(train_loss):
-            status = "diverged"
-            if main and not quiet:
+            if self.main and not self.quiet:
                 tqdm.write(f"epoch {epoch}: training loss is {train_loss}; the run diverged")
-            break
-        metrics = evaluate(model, valid_loader, splits["valid"], acc, "valid")
-        record = {"epoch": epoch, "step": step, "train/loss": train_loss,
-                  "lr": scheduler.get_last_lr()[0], **metrics, "time_s": round(time.time() - start, 3)}
-        if main:
-            run_dir.append_metrics(record)
-            tracker.log(record, step)
-            if not quiet:
+            return None
+        metrics = evaluate(model, self.valid_loader, self.splits["valid"], acc, "valid")
+        self.last_metrics = metrics
+        record = {"epoch": epoch, "step": self.step, "train/loss": train_loss,
+                  "lr": self.scheduler.get_last_lr()[0], **metrics, "time_s": round(time.time() - self.start, 3)}
+        if self.main:
+            self.run_dir.append_metrics(record)
+            self.tracker.log(record, self.step)
+            if not self.quiet:
                 tqdm.write(f"epoch {epoch:>3}  train/loss {train_loss:.4f}  valid/loss "
                            f"{metrics['valid/loss']:.4f}  valid/accuracy {metrics['valid/accuracy']:.4f}")
-        for key, name in ((select, "select_metric"), (stop.metric if stop else select, "early_stopping.metric")):
-            if key not in metrics:
-                raise UserError(f"{exp.name}: train.{name}: {key!r} is not reported "
-                                f"(reported: {', '.join(sorted(metrics))})")
-        if _better(select, metrics[select], best_value):
-            best_value, best_record = metrics[select], record
-            best_state = {k: v.detach().clone() for k, v in acc.unwrap_model(model).state_dict().items()}
-        stopped = stop is not None and _reached(stop.metric, metrics[stop.metric], stop.threshold)
-        if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or stopped or epoch == cfg.max_epochs):
-            save_checkpoint(run_dir, acc, optimizer, {
-                "epoch": epoch, "step": step, "train_time": train_time, "scheduler": scheduler.state_dict(),
-                "best_value": best_value, "best_record": best_record}, best_state, model)
-        if stopped:
-            break
+        if _better(cfg.select_metric, metrics[cfg.select_metric], self.best_value):
+            self.best_value, self.best_record = metrics[cfg.select_metric], record
+            self.best_state = {k: v.detach().clone() for k, v in acc.unwrap_model(model).state_dict().items()}
+        return record
 
-    summary.update(status=status, epochs=epoch, best_epoch=best_record.get("epoch"), select_metric=select,
-                   best=best_record, final=metrics or {k: v for k, v in best_record.items() if k.startswith("valid/")},
-                   train_steps=step, train_steps_per_s=round(step / max(train_time, 1e-9), 2))
-    if best_state is not None:
-        acc.unwrap_model(model).load_state_dict(best_state)
-        summary["test"] = evaluate(model, test_loader, splits["test"], acc, "test")
-        if main:
-            from safetensors.torch import save_model
+    def finish(self, status: str, epoch: int) -> dict[str, Any]:
+        """Test the selected model, save it, and write the summary."""
+        acc, exp, model = self.acc, self.exp, self.model
+        best = self.best_record
+        self.summary.update(
+            status=status, epochs=epoch, best_epoch=best.get("epoch"), select_metric=exp.train.select_metric,
+            best=best, final=self.last_metrics or {k: v for k, v in best.items() if k.startswith("valid/")},
+            train_steps=self.step, train_steps_per_s=round(self.step / max(self.train_time, 1e-9), 2))
+        if self.best_state is not None:
+            acc.unwrap_model(model).load_state_dict(self.best_state)
+            self.summary["test"] = evaluate(model, self.test_loader, self.splits["test"], acc, "test")
+            if self.main:
+                from safetensors.torch import save_model
 
-            save_model(acc.unwrap_model(model), str(run_dir.path / "model.safetensors"),
-                       metadata={"experiment": exp.name, "run_id": exp.run_id, "epoch": str(best_record["epoch"])})
-    summary["wall_time_s"] = round(time.time() - start, 2)
-    if main:
-        run_dir.write_json(SUMMARY, summary)
-        tracker.finish(summary)
-    acc.wait_for_everyone()
-    return summary
+                save_model(acc.unwrap_model(model), str(self.run_dir.path / "model.safetensors"),
+                           metadata={"experiment": exp.name, "run_id": exp.run_id, "epoch": str(best["epoch"])})
+        self.summary["wall_time_s"] = round(time.time() - self.start, 2)
+        if self.main:
+            self.run_dir.write_json(SUMMARY, self.summary)
+            self.tracker.finish(self.summary)
+        acc.wait_for_everyone()
+        return self.summary
+
+    def fit(self) -> dict[str, Any]:
+        """Run to the end (or to early stopping) and return the summary (also in ``summary.json``)."""
+        self.restore()
+        self.tracker = Tracker(self.exp, str(self.run_dir.path), enabled=self.main)
+        cfg, stop = self.exp.train, self.exp.train.early_stopping
+        # a run resumed from the checkpoint of the epoch that met the early-stopping threshold
+        stopped = stop is not None and stop.metric in self.best_record and \
+            _reached(stop.metric, self.best_record[stop.metric], stop.threshold)
+        status, epoch = "done", self.first_epoch - 1
+        for epoch in range(self.first_epoch, cfg.max_epochs + 1 if not stopped else self.first_epoch):
+            record = self.run_epoch(epoch)
+            if record is None:
+                status = "diverged"
+                break
+            stopped = stop is not None and _reached(stop.metric, record[stop.metric], stop.threshold)
+            if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or stopped or epoch == cfg.max_epochs):
+                self.save_checkpoint(epoch)
+            if stopped:
+                break
+        return self.finish(status, epoch)
+
+    def save_checkpoint(self, epoch: int) -> None:
+        """Every process writes its RNG; the main process writes the rest and swaps it in."""
+        acc, path = self.acc, self.run_dir.path
+        acc.wait_for_everyone()
+        checkpoint.write_rng(path, acc.process_index)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if self.best_state is not None:
+                save_file({k: v.contiguous() for k, v in self.best_state.items()},
+                          str(path / checkpoint.PARTIAL / "best.safetensors"))
+            checkpoint.write(path, acc.unwrap_model(self.model), self.optimizer, {
+                "epoch": epoch, "step": self.step, "train_time": self.train_time,
+                "scheduler": self.scheduler.state_dict(), "best_value": self.best_value,
+                "best_record": self.best_record})
+        acc.wait_for_everyone()
 
 
-def save_checkpoint(run_dir: RunDir, acc: Accelerator, optimizer: Any, state: dict[str, Any],
-                    best_state: dict[str, torch.Tensor] | None, model: torch.nn.Module) -> None:
-    """Every process writes its RNG; the main process writes the rest and swaps it in."""
-    acc.wait_for_everyone()
-    checkpoint.write_rng(run_dir.path, acc.process_index)
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        if best_state is not None:
-            save_file({k: v.contiguous() for k, v in best_state.items()},
-                      str(run_dir.path / checkpoint.PARTIAL / "best.safetensors"))
-        checkpoint.write(run_dir.path, acc.unwrap_model(model), optimizer, state)
-    acc.wait_for_everyone()
+def train(exp: Experiment, run_dir: RunDir, quiet: bool = False, point: Point | None = None) -> dict[str, Any]:
+    """Run ``exp`` to the end and return its summary (also written to ``summary.json``).
+
+    Resumes from the run directory's checkpoint when there is one for the same experiment;
+    ``point`` (the sweep point the run came from) is recorded in the summary."""
+    return Trainer(exp, run_dir, quiet, point).fit()

@@ -22,6 +22,7 @@ class MLP(nn.Module):
     """
 
     name = "mlp"
+    role = "state"
 
     def __init__(self, d_model: int, hidden_mult: float = 4.0) -> None:
         super().__init__()
@@ -45,6 +46,7 @@ class GLU(nn.Module):
     """
 
     name = "glu"
+    role = "state"
 
     def __init__(self, d_model: int, hidden_mult: float = 4.0) -> None:
         super().__init__()
@@ -65,6 +67,7 @@ class Identity(nn.Module):
     """No state mixing: the block's second half adds its normalised input (upstream's "no MLP")."""
 
     name = "identity"
+    role = "state"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
