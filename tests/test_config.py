@@ -62,6 +62,10 @@ def test_syntax_error_reports_line_and_column(write, capsys):
         (("num_kv_pairs = 2\n[[data.test]]", "num_kv_pairs = 9\n[[data.test]]"), "data.train[0].num_kv_pairs: num_kv_pairs * 2 * num_passes + num_kv_pairs * 2 must be <= input_seq_len (got 36 > 16)"),
         (("[train]", '[train]\nmixed_precision = "fp8"'), "train.mixed_precision: must be one of 'no', 'bf16', 'fp16', got 'fp8'"),
         (("d_model = 16", "d_model = 16\nvocab_size = 10"), "model.vocab_size: must be >= 64"),
+        (("[train]", '[train]\nselect_metric = "test/accuracy"'), "train.select_metric: must be a validation metric"),
+        (("[train]", '[train]\nearly_stopping = { metric = "valid/num_kv_pairs=8/accuracy" }'),
+         "train.early_stopping.metric: 'valid/num_kv_pairs=8/accuracy' is not reported by the validation "
+         "segments; they report valid/accuracy, valid/loss, valid/input_seq_len=16/accuracy"),
     ],
 )
 def test_config_errors(write, base_toml, capsys, edit, expected):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import attrs
 import pytest
 import tomli
 import torch
@@ -210,3 +211,12 @@ def test_segments_of_different_token_dtypes_share_a_split():
     assert (split.labels[:3, 16:] == -100).all()
     with pytest.raises(ValueError, match="int16, int32 or int64"):
         Segment(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_the_framework_names_slices_from_task_slices(tmp_path):
+    """A task's generate() returns tensors only; per-slice names come from task.slices(),
+    for fresh and cached segments alike."""
+    task = MQAR(vocab_size=32, input_seq_len=16, num_kv_pairs=2, num_examples=4)
+    for cache in (None, tmp_path, tmp_path):  # no cache, cache miss, cache hit
+        split = build_split([task, attrs.evolve(task, num_kv_pairs=3)], "valid", 0, cache)
+        assert split.slices == [{"input_seq_len": 16, "num_kv_pairs": 2}, {"input_seq_len": 16, "num_kv_pairs": 3}]

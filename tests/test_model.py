@@ -41,6 +41,16 @@ def test_generic_init_and_mixer_own_init(write, base_toml):
     std = model.blocks[0].state_mixer.fc1.weight.std().item()
     assert 0.015 < std < 0.025  # GPT-2 init
     assert model.blocks[0].state_mixer.fc2.weight.std().item() < std  # scaled output projection
+    # a mixer with reset_parameters() keeps its own init: Mamba's S4D-Real A and D = 1, and
+    # PyTorch's default U(±1/√fan_in) projections rather than the generic N(0, 0.02)
+    mamba = build(write, base_toml.replace('name = "attention", num_heads = 2', 'name = "mamba", d_state = 4'))
+    mixer = mamba.blocks[1].sequence_mixer
+    assert torch.equal(mixer.A_log.exp(), torch.arange(1.0, 5.0).repeat(mixer.d_inner, 1))
+    assert torch.equal(mixer.D, torch.ones_like(mixer.D))
+    bound = mixer.in_proj.weight.shape[1] ** -0.5
+    assert mixer.in_proj.weight.abs().max().item() <= bound
+    assert mixer.in_proj.weight.std().item() > 2 * 0.02  # not re-drawn by the generic init
+    assert 0.015 < mamba.blocks[1].state_mixer.fc1.weight.std().item() < 0.025  # the rest is generic
 
 
 COMPRESSION = """

@@ -29,7 +29,8 @@ def test_tiny_example_learns_mqar(tmp_path, capsys):
     assert summary["best"]["valid/accuracy"] >= 0.9
     assert summary["state_size"] == 2 * 2 * 64 * 32  # 2 layers × (K and V) × d_model × length
     assert summary["num_parameters"] > 0 and summary["epochs"] >= 1
-    assert set(summary["seeds"]) == {"train", "valid", "test"}
+    assert set(summary["seeds"]) == {"init_and_order", "train", "valid", "test"}
+    assert summary["seeds"]["init_and_order"] == 0 and len(summary["seeds"]["train"]) == 1
     assert summary["seeds"]["valid"] != summary["seeds"]["test"]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == summary["epochs"]

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import attrs
 import cattrs
+import numpy as np
 import tomli
 import tomli_w
 from cattrs.errors import AttributeValidationNote, ForbiddenExtraKeysError, IterableValidationNote
@@ -27,7 +28,7 @@ from zoology.metrics import reported as reported_metrics
 from zoology.mixer_context import CONTEXT_ARGS, MixerContext, build_mixer
 from zoology.paths import assign, drop_none
 from zoology.plugins import Registry, UnknownComponent, get_registry
-from zoology.sweep import Point, expand
+from zoology.sweep import MAX_REPLICATES, Point, expand
 from zoology.tasks.base import Task, at_least, between
 
 # -- the experiment ------------------------------------------------------------------------
@@ -56,6 +57,9 @@ class MixerSpec:
         return build_mixer(self.cls or get_registry().get("mixer", self.name).cls, self.params, context)
 
 
+SEED_MAX = 2**32 - 1  # numpy and torch seeds are unsigned 32-bit
+
+
 @attrs.frozen
 class DataConfig:
     train: list[Task] = _one_or_many("training segments", validator=_non_empty)
@@ -63,7 +67,7 @@ class DataConfig:
                                     validator=_non_empty)
     batch_size: int = attrs.field(default=32, validator=at_least(1))
     eval_batch_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(at_least(1)))
-    seed: int = 123
+    seed: int = attrs.field(default=123, validator=between(0, SEED_MAX))
     # on-disk segment cache: true = $XDG_CACHE_HOME/zoology (~/.cache/zoology), a string = that
     # folder, false = off (see zoology/cache.py)
     cache_dir: bool | str = False
@@ -96,6 +100,19 @@ def _metric(inst: Any, attribute: attrs.Attribute, value: str) -> None:
                                          f"one like valid/num_kv_pairs=4/accuracy, got {value!r}")
 
 
+def _replicate_index(inst: Any, attribute: attrs.Attribute, value: int) -> None:
+    if not 0 <= value < inst.replicates:
+        raise FieldError(attribute.name, f"must be between 0 and replicates - 1 = {inst.replicates - 1}, got {value}")
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The seed of replicate ``replicate`` of a run seeded ``seed``: ``seed`` itself for
+    replicate 0, else an independent draw from (seed, replicate)."""
+    if replicate == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, replicate]).generate_state(1, dtype=np.uint32)[0])
+
+
 @attrs.frozen
 class EarlyStopping:
     metric: str = attrs.field(default="valid/accuracy", validator=_metric)
@@ -111,7 +128,13 @@ class TrainConfig:
     max_grad_norm: float | None = None
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_accumulation_steps: int = attrs.field(default=1, validator=at_least(1))
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=between(0, SEED_MAX))
+    # replicates: the run stands for `replicates` runs that differ only in their seeds
+    # (model init and data order; with replicate_data also the data); each is one
+    # `replicate` (0-based). Replicate 0 keeps the seeds as written.
+    replicates: int = attrs.field(default=1, validator=between(1, MAX_REPLICATES))
+    replicate: int = attrs.field(default=0, validator=_replicate_index)
+    replicate_data: bool = False
     select_metric: str = attrs.field(default="valid/accuracy", validator=_metric)
     checkpoint_every: int = attrs.field(default=1, validator=at_least(0))  # epochs; 0 = never
     early_stopping: EarlyStopping | None = None
@@ -143,6 +166,16 @@ class Experiment:
     def vocab_size(self) -> int:
         """What the data needs: the largest vocabulary of any segment."""
         return max(t.vocab_size for t in [*self.data.train, *self.data.test])
+
+    @property
+    def train_seed(self) -> int:
+        """Seed of model init and data order (this replicate's)."""
+        return replicate_seed(self.train.seed, self.train.replicate)
+
+    @property
+    def data_seed(self) -> int:
+        """Base seed of the data segments (this replicate's, with ``train.replicate_data``)."""
+        return replicate_seed(self.data.seed, self.train.replicate if self.train.replicate_data else 0)
 
     @property
     def max_seq_len(self) -> int:

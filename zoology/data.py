@@ -65,7 +65,7 @@ def build_split(tasks: list[Task], split: str, base_seed: int, cache_dir: Path |
 def build_splits(exp: Experiment) -> dict[str, Split]:
     """train from data.train; valid and test from data.test with different seeds."""
     cache_dir = resolve_cache_dir(exp.data.cache_dir)
-    return {name: build_split(tasks, name, exp.data.seed, cache_dir) for name, tasks in split_specs(exp).items()}
+    return {name: build_split(tasks, name, exp.data_seed, cache_dir) for name, tasks in split_specs(exp).items()}
 
 
 def split_specs(exp: Experiment) -> dict[str, list[Task]]:

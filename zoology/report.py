@@ -183,13 +183,46 @@ def _identity(run: Run, best_over: Sequence[str]) -> tuple:
 # -- selection and rows --------------------------------------------------------------------
 
 
+REPLICATE_KEY = "train.replicate"  # what alone tells replicates of one configuration apart
+
+
 @dataclass
 class Row:
-    """One line of the report: the selected run of a group and what it competed with."""
+    """One line of the report: a configuration's replicates (one run unless
+    ``train.replicates`` > 1), the validation-best of them as its representative, and the
+    runs of every configuration it competed with under ``best_over``."""
 
     run: Run
     keys: dict[str, Any]
     candidates: list[Run] = field(default_factory=list)
+    replicates: list[Run] = field(default_factory=list)
+
+    def values(self, metric: str) -> list[float]:
+        """``metric`` of each done replicate that reports it."""
+        values = [r.metric(metric) for r in self.replicates or [self.run] if r.status == "done"]
+        return [v for v in values if v is not None and not math.isnan(v)]
+
+    def mean(self, metric: str) -> float | None:
+        values = self.values(metric)
+        return sum(values) / len(values) if values else None
+
+    def solved(self) -> float | None:
+        """Fraction of replicates whose early-stopping metric reached its threshold (None
+        where the runs have no early stopping)."""
+        reached = [_solved(r) for r in self.replicates or [self.run]]
+        return None if None in reached else sum(reached) / len(reached)
+
+
+def _solved(run: Run) -> bool | None:
+    stop = lookup(run.config, "train.early_stopping")
+    if not isinstance(stop, dict) or not isinstance(stop.get("threshold"), (int, float)):
+        return None
+    name = str(stop.get("metric", "valid/accuracy"))
+    value = run.metric(name) if run.status == "done" else None
+    if value is None:
+        return False
+    lower = (parse_metric(name) or parse_metric("valid/accuracy")).lower_is_better
+    return value <= stop["threshold"] if lower else value >= stop["threshold"]
 
 
 def valid_metric(metric: str) -> str:
@@ -197,32 +230,50 @@ def valid_metric(metric: str) -> str:
     return twin(metric, "valid")
 
 
-def _rank(run: Run, select: str) -> tuple:
-    value = run.metric(select)
-    if value is not None and math.isnan(value):
-        value = None
-    if value is not None and select.endswith("loss"):
+def _rank(runs: Sequence[Run], select: str) -> tuple:
+    """Sort key of a configuration's replicates: done first, then by their mean ``select``."""
+    scored = [r.metric(select) for r in runs if r.status == "done"]
+    scored = [v for v in scored if v is not None and not math.isnan(v)]
+    value = sum(scored) / len(scored) if scored else None
+    if value is not None and (parse_metric(select) or parse_metric("valid/accuracy")).lower_is_better:
         value = -value
-    return (STATUS_RANK.get(run.status, len(STATUS_RANK)), value is None, -(value or 0.0))
+    status = min(STATUS_RANK.get(r.status, len(STATUS_RANK)) for r in runs)
+    return (status, value is None, -(value or 0.0))
 
 
 def select_best(runs: Sequence[Run], select: str = "valid/accuracy") -> Run:
     """The run with the best ``select`` (validation) metric, done runs first."""
-    return min(runs, key=lambda r: _rank(r, select))
+    return min(runs, key=lambda r: _rank([r], select))
+
+
+def _groups(runs: Sequence[Run], ignore: Sequence[str]) -> list[list[Run]]:
+    """Runs whose resolved configs are equal apart from the ``ignore`` keys, in order."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(_identity(run, ignore), []).append(run)
+    return list(groups.values())
 
 
 def build_rows(runs: Sequence[Run], group_by: Sequence[str], best_over: Sequence[str] = (),
                metric: str = "test/accuracy") -> list[Row]:
-    """One row per run, or with ``best_over`` one per group of otherwise identical runs."""
-    groups: dict[tuple, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(_identity(run, best_over) if best_over else (str(run.path),), []).append(run)
+    """One row per configuration (its replicates together); with ``best_over``, one per group
+    of configurations identical apart from those keys, the one with the best *mean*
+    validation score over its replicates kept (never a lucky seed)."""
     select = valid_metric(metric)
+    configurations = _groups(runs, [REPLICATE_KEY])
+    if best_over:
+        contests: dict[tuple, list[list[Run]]] = {}
+        for config in configurations:
+            contests.setdefault(_identity(config[0], [*best_over, REPLICATE_KEY]), []).append(config)
+        chosen = [(min(c, key=lambda reps: _rank(reps, select)), [r for reps in c for r in reps])
+                  for c in contests.values()]
+    else:
+        chosen = [(config, config) for config in configurations]
     rows = []
-    for members in groups.values():
-        best = select_best(members, select)
+    for replicates, candidates in chosen:
+        best = select_best(replicates, select)
         keys = {k: key_value(best, k) for k in [*group_by, *best_over]}
-        rows.append(Row(best, keys, members))
+        rows.append(Row(best, keys, candidates, replicates))
     rows.sort(key=lambda r: ([_sort_key(r.keys[k]) for k in group_by], r.run.label))
     return rows
 
@@ -260,11 +311,15 @@ def hidden_differences(rows: Sequence[Row], group_by: Sequence[str]) -> list[str
 # -- table and CSV -------------------------------------------------------------------------
 
 
-def columns(group_by: Sequence[str], best_over: Sequence[str], metric: str) -> list[str]:
+def columns(group_by: Sequence[str], best_over: Sequence[str], metric: str, replicated: bool = False) -> list[str]:
     best = [f"{k} (best)" for k in best_over]
     tail = ["runs"] if best_over else []
-    return [*group_by, *best, metric, f"{valid_metric(metric)} (best)", "state_size",
-            "num_parameters", "epochs", "status", *tail, "run"]
+    if replicated:  # the mean over replicates, their range and how many were solved
+        shown = [f"{metric} (mean)", f"{metric} (min)", f"{metric} (max)", f"{valid_metric(metric)} (mean)",
+                 "solved", "replicates"]
+    else:
+        shown = [metric, f"{valid_metric(metric)} (best)"]
+    return [*group_by, *best, *shown, "state_size", "num_parameters", "epochs", "status", *tail, "run"]
 
 
 def _fmt(value: Any, column: str) -> str:
@@ -273,7 +328,7 @@ def _fmt(value: Any, column: str) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        return f"{value:.4f}" if "/" in column else f"{value:g}"
+        return f"{value:.4f}" if "/" in column else f"{value:.2f}" if column == "solved" else f"{value:g}"
     if isinstance(value, int) and column in ("state_size", "num_parameters"):
         return f"{value:,}"
     if isinstance(value, (dict, list)):
@@ -283,14 +338,21 @@ def _fmt(value: Any, column: str) -> str:
 
 def table_rows(rows: Sequence[Row], group_by: Sequence[str], best_over: Sequence[str],
                metric: str) -> tuple[list[str], list[list[Any]]]:
-    """Header and raw cell values of the report."""
-    header = columns(group_by, best_over, metric)
+    """Header and raw cell values of the report; with replicates, their mean, min, max and
+    solved fraction (the representative run is the validation-best replicate)."""
+    replicated = any(len(r.replicates) > 1 for r in rows)
+    header = columns(group_by, best_over, metric, replicated)
     cells = []
     for row in rows:
         s = row.run.summary
-        cells.append([*row.keys.values(), row.run.metric(metric), row.run.metric(valid_metric(metric)),
-                      s.get("state_size"), s.get("num_parameters"), s.get("epochs"), row.run.status,
-                      *([len(row.candidates)] if best_over else []), row.run.label])
+        if replicated:
+            values = row.values(metric)
+            shown = [row.mean(metric), min(values, default=None), max(values, default=None),
+                     row.mean(valid_metric(metric)), row.solved(), len(row.replicates)]
+        else:
+            shown = [row.run.metric(metric), row.run.metric(valid_metric(metric))]
+        cells.append([*row.keys.values(), *shown, s.get("state_size"), s.get("num_parameters"), s.get("epochs"),
+                      row.run.status, *([len(row.candidates)] if best_over else []), row.run.label])
     return header, cells
 
 
@@ -312,23 +374,46 @@ def to_csv(header: Sequence[str], cells: Sequence[Sequence[Any]]) -> str:
 # -- figure --------------------------------------------------------------------------------
 
 
-def _points(row: Row, metric: str) -> list[tuple[Any, float]]:
-    """(sequence length, value) of a row: one per tested length when a run tests several."""
+def _points(run: Run, metric: str) -> list[tuple[Any, float]]:
+    """(sequence length, value) of a run: one per tested length when a run tests several."""
     parsed = parse_metric(metric)
     if parsed is not None and parsed.slice is None:
-        per_len = per_slice(row.run.summary.get("test") or {}, metric, "input_seq_len")
+        per_len = per_slice(run.summary.get("test") or {}, metric, "input_seq_len")
         if len(per_len) > 1:
             return sorted((int(k), v) for k, v in per_len.items())
-    value = row.run.metric(metric)
+    value = run.metric(metric)
     sliced = parsed is not None and parsed.slice is not None and parsed.slice[0] == "input_seq_len"
-    seq_len = int(parsed.slice[1]) if sliced else key_value(row.run, "seq_len")
+    seq_len = int(parsed.slice[1]) if sliced else key_value(run, "seq_len")
     return [] if value is None or seq_len is None else [(seq_len, value)]
+
+
+def _row_points(row: Row, metric: str) -> dict[Any, list[float]]:
+    """Sequence length → the value of each done replicate."""
+    out: dict[Any, list[float]] = {}
+    for run in row.replicates or [row.run]:
+        if run.status == "done":
+            for seq_len, value in _points(run, metric):
+                out.setdefault(seq_len, []).append(value)
+    return out
+
+
+def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats: none with at most their x and a higher y."""
+    frontier: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not frontier or y > frontier[-1][1]:
+            frontier.append((x, y))
+    return frontier
 
 
 def plot(rows: Sequence[Row], out: str | Path, x: str = "state_size", metric: str = "test/accuracy",
          title: str | None = None) -> Path:
     """The Zoology figure: ``metric`` against state size (or d_model), a panel per sequence
-    length, a line per mixer. Where several rows share a point, the validation-best is drawn."""
+    length, a colour per mixer. Each configuration is a point (the mean over its replicates,
+    with a bar from their min to max). Against state size each mixer's line is its Pareto
+    frontier (the best accuracy reached at that state size or less, as in the Based paper's
+    figure); against d_model it joins the means, with the min–max band shaded. Where several
+    rows share a point, the one with the best mean validation score is drawn."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -338,17 +423,18 @@ def plot(rows: Sequence[Row], out: str | Path, x: str = "state_size", metric: st
     if x not in X_AXES:
         raise UserError(f"--x {x}: must be one of {', '.join(X_AXES)}")
     select = valid_metric(metric)
-    # (seq len, mixer, x) → (row, value), the validation-best row where several share a point
-    points: dict[tuple, tuple[Row, float]] = {}
+    # (seq len, mixer, x) → (row, values of its replicates)
+    points: dict[tuple, tuple[Row, list[float]]] = {}
     for row in rows:
         xv = row.run.summary.get("state_size") if x == "state_size" else key_value(row.run, "d_model")
         if not isinstance(xv, (int, float)) or xv <= 0:
             continue
         mixer = str(key_value(row.run, "mixer") or "?")
-        for seq_len, value in _points(row, metric):
+        for seq_len, values in _row_points(row, metric).items():
             key = (seq_len, mixer, xv)
-            if key not in points or _rank(row.run, select) < _rank(points[key][0].run, select):
-                points[key] = (row, value)
+            if key not in points or _rank(row.replicates or [row.run], select) < \
+                    _rank(points[key][0].replicates or [points[key][0].run], select):
+                points[key] = (row, values)
     if not points:
         raise UserError(f"--plot: no run has {metric} and a {x} to plot")
     panels = sorted({k[0] for k in points}, key=_sort_key)
@@ -359,9 +445,21 @@ def plot(rows: Sequence[Row], out: str | Path, x: str = "state_size", metric: st
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, seq_len in zip(axes, panels):
         for mixer in mixers:
-            line = sorted((k[2], v[1]) for k, v in points.items() if k[0] == seq_len and k[1] == mixer)
-            if line:
-                ax.plot(*zip(*line), marker="o", color=colors[mixer], label=mixer)
+            mine = sorted((k[2], v[1]) for k, v in points.items() if k[0] == seq_len and k[1] == mixer)
+            if not mine:
+                continue
+            xs = [p[0] for p in mine]
+            means = [sum(v) / len(v) for _, v in mine]
+            lows, highs = [min(v) for _, v in mine], [max(v) for _, v in mine]
+            color = colors[mixer]
+            ax.errorbar(xs, means, yerr=[[m - lo for m, lo in zip(means, lows)], [hi - m for m, hi in zip(means, highs)]],
+                        fmt="o", color=color, alpha=0.6, markersize=4, capsize=2, linewidth=1)
+            if x == "state_size":
+                ax.plot(*zip(*pareto_frontier(list(zip(xs, means)))), color=color, label=mixer, drawstyle="steps-post")
+            else:
+                ax.plot(xs, means, color=color, label=mixer)
+                if any(hi > lo for lo, hi in zip(lows, highs)):
+                    ax.fill_between(xs, lows, highs, color=color, alpha=0.15, linewidth=0)
         ax.set_xscale("log", base=10 if x == "state_size" else 2)
         if x == "d_model":
             ticks = sorted({k[2] for k in points})

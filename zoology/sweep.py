@@ -25,6 +25,8 @@ import attrs
 from zoology.errors import ConfigError, UserError
 from zoology.paths import assign
 
+MAX_REPLICATES = 1000  # more is a typo, not an experiment (train.replicates is checked against it)
+
 # short names of common keys in run ids: attention-d64-lr1e-3-L256
 SHORT = {"d_model": "d", "learning_rate": "lr", "input_seq_len": "L", "num_kv_pairs": "kv",
          "batch_size": "bs", "n_layers": "layers", "weight_decay": "wd", "seed": "seed"}
@@ -104,7 +106,7 @@ def expand(raw: dict[str, Any], source: str) -> list[Point]:
     raw = dict(raw)
     sweep = raw.pop("sweep", None)
     if sweep is None:
-        return [Point(raw, raw.get("run_id", "default"))]
+        return replicate([Point(raw, raw.get("run_id", "default"))])
     axes = parse_axes(sweep, source)
     points = []
     for combo in itertools.product(*(axis.values for axis in axes)):
@@ -125,7 +127,28 @@ def expand(raw: dict[str, Any], source: str) -> list[Point]:
     _unique_ids(points)
     for p in points:
         p.raw["run_id"] = p.run_id
-    return points
+    return replicate(points)
+
+
+def replicate(points: list[Point]) -> list[Point]:
+    """Each point whose ``train.replicates`` is N > 1 becomes N points ``<id>-r0`` … that set
+    ``train.replicate`` (a point that sets ``train.replicate`` itself, as a run directory's
+    resolved config does, is one replicate already). Values the loader will reject are left
+    for it to report."""
+    out = []
+    for p in points:
+        train = p.raw.get("train")
+        n = train.get("replicates", 1) if isinstance(train, dict) else 1
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 < n <= MAX_REPLICATES or "replicate" in train:
+            out.append(p)
+            continue
+        for k in range(n):
+            raw = copy.deepcopy(p.raw)
+            raw["train"]["replicate"] = k
+            raw["run_id"] = run_id = f"{p.run_id}-r{k}"
+            out.append(Point(raw, run_id, {**p.values, "train.replicate": k},
+                             {**p.labels, "train.replicate": f"r{k}"}))
+    return out
 
 
 def _unique_ids(points: list[Point]) -> None:

@@ -190,14 +190,14 @@ class Trainer:
             self.summary.update(sweep=point.values, sweep_labels=point.labels)
 
         cfg = exp.train
-        set_seed(cfg.seed)
+        set_seed(exp.train_seed)
         self.splits = build_splits(exp)
         model = LanguageModel(exp)
         self.num_parameters = model.num_parameters()
         self.state_size = model.state_size(exp.max_seq_len)
         self.micro_batch = exp.data.batch_size // (acc.num_processes * cfg.gradient_accumulation_steps)
         eval_batch = exp.data.eval_batch_size or exp.data.batch_size
-        self.order = EpochShuffle(len(self.splits["train"]), cfg.seed)
+        self.order = EpochShuffle(len(self.splits["train"]), exp.train_seed)
         train_loader = DataLoader(self.splits["train"].dataset(), batch_size=self.micro_batch, sampler=self.order)
         steps_per_epoch = math.ceil(math.ceil(len(self.splits["train"]) / (self.micro_batch * acc.num_processes))
                                     / cfg.gradient_accumulation_steps)
@@ -243,7 +243,8 @@ class Trainer:
         self.summary.update(
             num_parameters=self.num_parameters, state_size=self.state_size, processes=self.acc.num_processes,
             micro_batch_size=self.micro_batch, mixed_precision=cfg.mixed_precision,
-            seeds={"train": cfg.seed, **{k: s.seeds for k, s in self.splits.items()}}, versions=versions(),
+            seeds={"init_and_order": self.exp.train_seed, **{k: s.seeds for k, s in self.splits.items()}},
+            versions=versions(),
         )
 
     def run_epoch(self, epoch: int) -> dict[str, Any] | None:
