@@ -25,6 +25,7 @@ vocab_size = 64
 input_seq_len = 16
 num_kv_pairs = 2
 [model]
+embed_dropout = 0.0  # dropout masks differ between processes
 d_model = 32
 n_layers = 2
 sequence_mixer = { name = "attention", num_heads = 2 }

@@ -9,6 +9,7 @@ parameters are structured into their own schema.
 from __future__ import annotations
 
 import difflib
+import functools
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,7 +87,8 @@ class ModelConfig:
     n_layers: int = attrs.field(default=2, validator=at_least(1))
     vocab_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(at_least(2)))
     max_position_embeddings: int = attrs.field(default=0, validator=at_least(0))
-    embed_dropout: float = attrs.field(default=0.0, validator=between(0.0, 0.99))
+    # upstream Zoology's default: dropout on the embeddings (layer 0's input)
+    embed_dropout: float = attrs.field(default=0.1, validator=between(0.0, 0.99))
     resid_dropout: float = attrs.field(default=0.0, validator=between(0.0, 0.99))
     # "next_token": a causal LM head at every position; "autoencoder": MAD's compression
     # protocol, every position decoded from the last position's vector by an MLP
@@ -216,6 +218,13 @@ def _bool_or_str(value: Any, _: Any) -> bool | str:
     return value
 
 
+@functools.cache
+def converter(registry: Registry | None = None) -> cattrs.Converter:
+    """The strict converter for ``registry``, built once: cattrs compiles a structuring
+    function per class on first use, which costs more than structuring one experiment."""
+    return make_converter(registry)
+
+
 def make_converter(registry: Registry | None = None) -> cattrs.Converter:
     """The strict converter; ``registry`` resolves task and mixer names (default: installed)."""
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
@@ -343,7 +352,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def structure_experiment(raw: dict[str, Any], source: str, registry: Registry | None = None) -> Experiment:
     """dict → Experiment, strictly, with every problem reported at once as a ConfigError."""
-    conv = make_converter(registry)
+    conv = converter(registry)
     try:
         exp = conv.structure(raw, Experiment)
     except Exception as exc:
@@ -439,7 +448,7 @@ def load_experiment(path: str | Path, overrides: list[str] = (), registry: Regis
 
 def to_dict(exp: Experiment) -> dict[str, Any]:
     """The experiment as plain TOML-ready data, every default filled in."""
-    return drop_none(make_converter().unstructure(exp))
+    return drop_none(converter().unstructure(exp))
 
 
 def dump_experiment(exp: Experiment) -> str:

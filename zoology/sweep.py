@@ -65,6 +65,16 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def _unlabelled(value: Any) -> Any:
+    """The value without the ``label`` keys that name tables (also tables inside an array,
+    e.g. a per-layer mixer array) in run ids."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "label"}
+    if isinstance(value, list):
+        return [_unlabelled(v) for v in value]
+    return value
+
+
 def _label(key: str, value: Any) -> str:
     if isinstance(value, (dict, list)) and not isinstance(value, str):
         return fmt(value)
@@ -116,10 +126,8 @@ def expand(raw: dict[str, Any], source: str) -> list[Point]:
         for axis, step in zip(axes, combo):
             for key, value in zip(axis.keys, step):
                 values[key] = value
-                if isinstance(value, dict) and "label" in value:
-                    value = {k: v for k, v in value.items() if k != "label"}
                 try:
-                    assign(run, key, value)
+                    assign(run, key, _unlabelled(value))
                 except UserError as exc:
                     raise ConfigError(source, [(f"sweep.{key}", str(exc))]) from None
             labels.append(_label(axis.keys[0], step[0]))
