@@ -27,8 +27,10 @@ from zoology.errors import UserError
 ENTRY_POINT_GROUP = "zoology"
 BUILTIN_PLUGIN = "zoology.builtin"
 KINDS = ("task", "mixer")
-# Filled in by the model from the experiment; never set in a mixer's TOML table.
-CONTEXT_ARGS = ("d_model", "layer_idx", "n_layers", "max_seq_len", "vocab_size")
+# Filled in by the model from the experiment; never set in a mixer's TOML table. `shared` is
+# one dict per model, the same for every layer: how a layer hands data on to later layers
+# (RWKV-7's value residual); a mixer built on its own gets none.
+CONTEXT_ARGS = ("d_model", "layer_idx", "n_layers", "max_seq_len", "vocab_size", "shared")
 _HOOKS = {"task": "zoology_register_tasks", "mixer": "zoology_register_mixers"}
 
 
