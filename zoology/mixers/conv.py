@@ -23,7 +23,8 @@ class ImplicitLongFilter(nn.Module):
     with z_t the positional features of lag t (normalised time, then cosine/sine bands:
     :func:`filter_positions`). Unlike Hyena's filter there is no window: at init the long
     lags are as large as the short ones, and training alone decides which lags matter.
-    Its 3·16 + 16 + 17·D parameters do not depend on the length.
+    Its (emb_dim + 1)·hidden + (hidden + 1)·D parameters (64 + 17·D at the defaults) do not
+    depend on the length.
     """
 
     def __init__(self, channels: int, max_seq_len: int, emb_dim: int = 3, hidden: int = 16) -> None:
