@@ -28,6 +28,9 @@ class MixerContext:
     n_layers: int = 2
     max_seq_len: int = 64
     vocab_size: int = 256
+    # one dict per model, the same for every layer: how a layer hands data on to later
+    # layers in one forward pass (RWKV-7's value residual); a mixer built on its own gets None
+    shared: dict[str, Any] | None = attrs.field(default=None, eq=False)
 
 
 # Filled in by the model from the experiment; never set in a mixer's TOML table.
@@ -47,5 +50,5 @@ def build_mixer(cls: type, params: dict[str, Any] | None = None, context: MixerC
     """``cls(**params)`` plus the context arguments its constructor declares."""
     context = context or MixerContext()
     accepted = inspect.signature(cls.__init__).parameters
-    ctx = {k: v for k, v in attrs.asdict(context).items() if k in accepted}
+    ctx = {k: getattr(context, k) for k in CONTEXT_ARGS if k in accepted}
     return cls(**ctx, **(params or {}))

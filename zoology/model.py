@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import torch
 from torch import nn
 
@@ -74,8 +75,10 @@ class LanguageModel(nn.Module):
         )
         self.embed_dropout = nn.Dropout(cfg.embed_dropout)
 
+        shared: dict = {}  # one per model, handed to every mixer (layers built in order)
+
         def pick(specs: list[MixerSpec], i: int) -> nn.Module:
-            return specs[i % len(specs)].build(mixer_context(exp, layer_idx=i))
+            return specs[i % len(specs)].build(attrs.evolve(mixer_context(exp, layer_idx=i), shared=shared))
 
         self.blocks = nn.ModuleList(
             Block(cfg.d_model, pick(cfg.sequence_mixer, i), pick(cfg.state_mixer, i), cfg.resid_dropout)

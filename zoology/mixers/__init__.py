@@ -5,7 +5,10 @@ The contract:
 
 * The constructor's keyword arguments are the config: each one typed and defaulted.
   Context arguments (``d_model``, ``layer_idx``, ``n_layers``, ``max_seq_len``,
-  ``vocab_size``) are filled in by the model when the constructor declares them.
+  ``vocab_size``, and ``shared``: one dict per model through which a layer hands data to
+  later layers, as RWKV-7's value residual does) are filled in by the model when the
+  constructor declares them (``zoology.mixer_context``).
+* ``role = "state"`` marks a per-position (state) mixer; the default is ``"sequence"``.
 * ``forward(x: [B, L, D]) -> [B, L, D]``, causal for sequence mixers. For mixers with a
   linear-time method, the training form stays linear in length (chunked scans; no L×L
   matrix).

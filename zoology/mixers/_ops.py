@@ -193,6 +193,17 @@ def fft_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return y.to(u.dtype)
 
 
+def filter_positions(max_seq_len: int, emb_dim: int) -> torch.Tensor:
+    """Positional features of an implicit long filter (Hyena's and Zoology's), [max_seq_len, emb_dim]:
+    normalised time t/(L-1), then Re and Im of exp(-i·f·2πt/L) for emb_dim // 2 frequencies f
+    spaced evenly over [1e-4, emb_dim // 2 - 1] (with emb_dim 3: one frequency, 1e-4)."""
+    bands = (emb_dim - 1) // 2
+    t = torch.linspace(0, 1, max_seq_len)[:, None]  # [L, 1]
+    w = 2 * math.pi * torch.arange(max_seq_len)[:, None] / max_seq_len  # [L, 1]
+    f = torch.linspace(1e-4, bands - 1, bands)[None]  # [1, bands]
+    return torch.cat([t, torch.cos(f * w), -torch.sin(f * w)], dim=-1)
+
+
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotary position embedding (RoPE, half-split layout). x [..., L, K], positions [L]."""
     half = x.shape[-1] // 2

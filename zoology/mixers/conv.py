@@ -8,80 +8,50 @@ sequence needs every input seen so far (a state growing with length, like a KV c
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._ops import ShortConvolution, fft_causal_conv
+from zoology.mixers._ops import ShortConvolution, fft_causal_conv, filter_positions
 
 
-class Sin(nn.Module):
-    """sin(freq · x) with a learnable frequency per unit (Hyena's filter activation)."""
+class ImplicitLongFilter(nn.Module):
+    """Zoology's implicit long filter (upstream's ImplicitLongConvolution):
 
-    def __init__(self, dim: int, w: float = 1.0) -> None:
-        super().__init__()
-        self.freq = nn.Parameter(w * torch.ones(1, dim))
+        h(t) = Linear(hidden → D)(ReLU(Linear(emb_dim → hidden)(z_t)))      t = 0..L-1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sin(self.freq * x)
-
-
-class ImplicitFilter(nn.Module):
-    """Hyena's implicit long filter: h(t) = MLP(positional features of t) · exp(-α·t).
-
-    The filter is a function of position evaluated at every t < max_seq_len, so its
-    parameter count does not depend on length; the exponential window (one decay rate per
-    channel, from fast to slow) biases channels towards different time scales.
+    with z_t the positional features of lag t (normalised time, then cosine/sine bands:
+    :func:`filter_positions`). Unlike Hyena's filter there is no window: at init the long
+    lags are as large as the short ones, and training alone decides which lags matter.
+    Its (emb_dim + 1)·hidden + (hidden + 1)·D parameters (64 + 17·D at the defaults) do not
+    depend on the length.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        max_seq_len: int,
-        emb_dim: int = 3,
-        order: int = 16,
-        num_inner_mlps: int = 2,
-        frequency: float = 1.0,
-        fast_decay_pct: float = 0.3,
-        slow_decay_pct: float = 1.5,
-        target: float = 1e-2,
-    ) -> None:
+    def __init__(self, channels: int, max_seq_len: int, emb_dim: int = 3, hidden: int = 16) -> None:
         super().__init__()
-        bands = (emb_dim - 1) // 2
-        t = torch.linspace(0, 1, max_seq_len)[:, None]  # [L, 1] normalised time
-        w = 2 * math.pi * torch.arange(max_seq_len)[:, None] / max_seq_len
-        f = torch.linspace(1e-4, bands - 1, bands)[None]  # [1, bands]
-        z = torch.cat([t, torch.cos(f * w), -torch.sin(f * w)], dim=-1)  # [L, emb_dim]: t, Re/Im e^{-ifw}
-        self.register_buffer("z", z)
-        self.register_buffer("t", t)
-        layers: list[nn.Module] = [nn.Linear(emb_dim, order), Sin(order, frequency)]
-        for _ in range(num_inner_mlps):
-            layers += [nn.Linear(order, order), Sin(order, frequency)]
-        layers.append(nn.Linear(order, channels, bias=False))
-        self.mlp = nn.Sequential(*layers)
-        max_decay, min_decay = math.log(target) / fast_decay_pct, math.log(target) / slow_decay_pct
-        self.register_buffer("deltas", torch.linspace(min_decay, max_decay, channels)[None])  # [1, D]
+        self.register_buffer("z", filter_positions(max_seq_len, emb_dim), persistent=False)  # [L, emb_dim]
+        self.mlp = nn.Sequential(nn.Linear(emb_dim, hidden), nn.ReLU(), nn.Linear(hidden, channels))
 
     def forward(self, seq_len: int) -> torch.Tensor:
         """The filter taps for lags 0..seq_len-1, [D, seq_len]."""
-        h = self.mlp(self.z[:seq_len])  # [L, D]
-        h = h * torch.exp(-self.t[:seq_len] * self.deltas.abs())  # exponential modulation
-        return h.t()
+        return self.mlp(self.z[:seq_len]).t()
 
 
 class LongConvolution(nn.Module):
     """Depthwise causal convolution with a filter as long as the sequence, via FFT, plus a skip.
 
-    Explicit: one free tap per (channel, lag). Implicit: taps from Hyena's ImplicitFilter.
+    Explicit: one free tap per (channel, lag), N(0, 1) at init. Implicit: taps from
+    :class:`ImplicitLongFilter`. Both as upstream, with one difference: upstream's explicit
+    filter enters its FFT with all max_seq_len taps, so on a sequence shorter than
+    max_seq_len the taps past its length wrap around onto future inputs; here only lags
+    below the sequence length are used, which keeps it causal.
     """
 
     def __init__(self, channels: int, max_seq_len: int, implicit: bool) -> None:
         super().__init__()
         self.max_seq_len = max_seq_len
         if implicit:
-            self.implicit = ImplicitFilter(channels, max_seq_len)
+            self.implicit = ImplicitLongFilter(channels, max_seq_len)
         else:
             self.filter = nn.Parameter(torch.randn(channels, max_seq_len))
 
@@ -143,12 +113,13 @@ class BaseConv(nn.Module):
     """BaseConv: y = conv(u) ⊙ linear(u) + u, a gated convolution (Zoology, arXiv 2312.04927).
 
     A short filter gives local mixing; kernel_size = -1 gives a filter as long as the
-    sequence (implicit: Hyena's positional MLP; explicit: one free tap per position).
-    The gate (a projection) is what lets convolutions do associative recall at all.
+    sequence (implicit: a small MLP of position, no window; explicit: one free tap per
+    position), with a skip around it. The gate (a projection) is what lets convolutions do
+    associative recall at all. Short, explicit and implicit paths follow upstream's BaseConv.
 
     Args:
         kernel_size: short filter length, or -1 for a long filter spanning max_seq_len
-        implicit_long_conv: long filter parametrised implicitly (Hyena MLP) rather than explicitly
+        implicit_long_conv: long filter parametrised implicitly (an MLP of position) rather than explicitly
         use_act: apply SiLU to both the convolution and the projection before gating
     """
 

@@ -8,12 +8,63 @@ Data-controlled gating around a long convolution whose filter is an MLP of posit
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._ops import ShortConvolution, fft_causal_conv
-from zoology.mixers.conv import ImplicitFilter
+from zoology.mixers._ops import ShortConvolution, fft_causal_conv, filter_positions
+
+
+class Sin(nn.Module):
+    """sin(freq · x) with a learnable frequency per unit (Hyena's filter activation)."""
+
+    def __init__(self, dim: int, w: float = 1.0) -> None:
+        super().__init__()
+        self.freq = nn.Parameter(w * torch.ones(1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.freq * x)
+
+
+class ImplicitFilter(nn.Module):
+    """Hyena's implicit long filter: h(t) = MLP(positional features of t) · exp(-α·t).
+
+    The filter is a function of position evaluated at every t < max_seq_len, so its
+    parameter count does not depend on length; the exponential window (one fixed decay rate
+    per channel, from fast to slow) biases channels towards different time scales.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        max_seq_len: int,
+        emb_dim: int = 3,
+        order: int = 16,
+        num_inner_mlps: int = 2,
+        frequency: float = 1.0,
+        fast_decay_pct: float = 0.3,
+        slow_decay_pct: float = 1.5,
+        target: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        z = filter_positions(max_seq_len, emb_dim)  # [L, emb_dim]: t, Re/Im e^{-ifw}
+        self.register_buffer("z", z)
+        self.register_buffer("t", z[:, :1].clone())  # [L, 1] normalised time
+        layers: list[nn.Module] = [nn.Linear(emb_dim, order), Sin(order, frequency)]
+        for _ in range(num_inner_mlps):
+            layers += [nn.Linear(order, order), Sin(order, frequency)]
+        layers.append(nn.Linear(order, channels, bias=False))
+        self.mlp = nn.Sequential(*layers)
+        max_decay, min_decay = math.log(target) / fast_decay_pct, math.log(target) / slow_decay_pct
+        self.register_buffer("deltas", torch.linspace(min_decay, max_decay, channels)[None])  # [1, D]
+
+    def forward(self, seq_len: int) -> torch.Tensor:
+        """The filter taps for lags 0..seq_len-1, [D, seq_len]."""
+        h = self.mlp(self.z[:seq_len])  # [L, D]
+        h = h * torch.exp(-self.t[:seq_len] * self.deltas.abs())  # exponential modulation
+        return h.t()
 
 
 class Hyena(nn.Module):

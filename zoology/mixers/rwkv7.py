@@ -2,6 +2,7 @@
 
     x_t^* = x_t + (x_{t-1} - x_t) ⊙ μ_*           token shift, one mix per projection *
     r, k, v = projections;  w_t = exp(-exp(ω_t)) ∈ (0.545, 1) per channel (data-dependent decay)
+    v_t ← v_t + (v_first,t - v_t) ⊙ sigmoid(ν0 + x_v V1 V2)   value residual (all but the first layer)
     κ_t = normalize(k_t ⊙ ξ) per head;  a_t = sigmoid(...) (in-context learning rate)
     k_t ← k_t ⊙ (1 + (a_t - 1) ⊙ α)
     S_t = S_{t-1} (diag(w_t) - κ_t (a_t ⊙ κ_t)^T) + v_t k_t^T      per head, S: [head_dim, head_dim]
@@ -10,8 +11,14 @@
 The state update is a generalized delta rule: decay per channel, then remove the part of
 the state along κ_t (scaled by a_t), then write v_t k_t^T. Training runs it in chunks
 (:func:`chunk_rwkv7`, linear in length); ``recurrent()`` runs it one position at a time, as
-fla's naive reference. Left out: the value residual ("v_first" mixing of the first layer's
-values into later layers), which needs state passed between layers.
+fla's naive reference.
+
+Value residual: the first RWKV-7 layer of a model keeps its values v as v_first; every
+later one moves its own values toward them by a learned, token-dependent gate. The layers
+find each other through ``shared``, a context argument: one dict per model that the model
+hands to every mixer it builds (layers are built in order, so the first RWKV-7 layer
+registers first). The first layer puts its v there during forward, the last one takes it
+out again. A layer built without ``shared`` (standalone) is its own first layer.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from zoology.errors import FieldError
 
 
 def chunk_rwkv7(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
@@ -67,19 +76,27 @@ def chunk_rwkv7(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.T
     return torch.stack(outs, dim=2).reshape(B, H, n * C, N)[:, :, :L]
 
 
-def _lora_rank(d_model: int, factor: float, power: float = 0.5) -> int:
-    """The reference's low-rank sizes: factor · d_model^power, rounded to 32, at least 32."""
-    return max(32, int(round(factor * d_model**power / 32) * 32))
+def _lora_rank(d_model: int, factor: float) -> int:
+    """The reference's low-rank sizes: factor · √d_model, rounded to a multiple of 32, at least 32."""
+    return max(32, int(round(factor * d_model**0.5 / 32) * 32))
+
+
+def _ortho_(weight: torch.Tensor, scale: float) -> None:
+    """The reference's ortho_init: orthogonal, gain scale · √(rows/cols) when rows > cols."""
+    rows, cols = weight.shape
+    nn.init.orthogonal_(weight, gain=(math.sqrt(rows / cols) if rows > cols else 1.0) * scale)
 
 
 class RWKV7(nn.Module):
     """RWKV-7 time mixing: a per-channel-decayed, generalized delta-rule state per head,
-    read by a receptance, with a per-head bonus for the current token and an output gate.
+    read by a receptance, with a per-head bonus for the current token, an output gate, and
+    (after the first RWKV-7 layer) the value residual toward the first layer's values.
 
     Args:
         head_dim: channels per head (the reference uses 64; at most d_model); must divide d_model
         decay_lora: rank of the data-dependent decay's low-rank map (0: the reference's size)
         a_lora: rank of the in-context learning rate's low-rank map (0: the reference's size)
+        value_lora: rank of the value-residual gate's low-rank map (0: the reference's size)
         gate_lora: rank of the output gate's low-rank map (0: the reference's size)
     """
 
@@ -87,17 +104,29 @@ class RWKV7(nn.Module):
     chunk_size = 16
 
     def __init__(self, d_model: int, head_dim: int = 64, decay_lora: int = 0, a_lora: int = 0,
-                 gate_lora: int = 0, layer_idx: int = 0, n_layers: int = 2) -> None:
+                 value_lora: int = 0, gate_lora: int = 0, layer_idx: int = 0, n_layers: int = 2,
+                 shared: dict | None = None) -> None:
         super().__init__()
+        if head_dim < 1:
+            raise FieldError("head_dim", f"must be >= 1, got {head_dim}")
         head_dim = min(head_dim, d_model)
         if d_model % head_dim:
-            raise ValueError(f"head_dim={head_dim} must divide d_model={d_model}")
+            raise FieldError("head_dim", f"must divide d_model={d_model}, got {head_dim}")
+        for field, rank in (("decay_lora", decay_lora), ("a_lora", a_lora), ("value_lora", value_lora),
+                            ("gate_lora", gate_lora)):
+            if rank < 0:
+                raise FieldError(field, f"must be >= 0 (0: the reference's size), got {rank}")
         self.d_model, self.head_dim, self.num_heads = d_model, head_dim, d_model // head_dim
         self.layer_idx, self.n_layers = layer_idx, n_layers
+        self.shared = {} if shared is None else shared
+        layers = self.shared.setdefault("rwkv7.layers", [])  # layer_idx of each RWKV-7 layer, in build order
+        layers.append(layer_idx)
+        self.first = len(layers) == 1
         d = d_model
-        decay_lora = decay_lora or _lora_rank(d, 1.8)
-        a_lora = a_lora or _lora_rank(d, 1.8)
-        gate_lora = gate_lora or _lora_rank(d, 0.6, 0.8)
+        decay_lora = decay_lora or _lora_rank(d, 2.5)
+        a_lora = a_lora or _lora_rank(d, 2.5)
+        value_lora = value_lora or _lora_rank(d, 1.7)
+        gate_lora = gate_lora or _lora_rank(d, 5.0)
         self.mix = nn.Parameter(torch.empty(6, d))  # token-shift mixes μ for r, w, k, v, a, g
         self.receptance = nn.Linear(d, d, bias=False)
         self.key = nn.Linear(d, d, bias=False)
@@ -107,6 +136,9 @@ class RWKV7(nn.Module):
         self.w1, self.w2 = nn.Parameter(torch.empty(d, decay_lora)), nn.Parameter(torch.empty(decay_lora, d))
         self.a0 = nn.Parameter(torch.empty(d))  # a = sigmoid(a0 + x A1 A2)
         self.a1, self.a2 = nn.Parameter(torch.empty(d, a_lora)), nn.Parameter(torch.empty(a_lora, d))
+        if not self.first:  # value residual gate ν = sigmoid(v0 + x V1 V2); the first layer has none
+            self.v0 = nn.Parameter(torch.empty(d))
+            self.v1, self.v2 = nn.Parameter(torch.empty(d, value_lora)), nn.Parameter(torch.empty(value_lora, d))
         self.g1, self.g2 = nn.Parameter(torch.empty(d, gate_lora)), nn.Parameter(torch.empty(gate_lora, d))
         self.k_k = nn.Parameter(torch.empty(d))  # ξ: which key directions are removed
         self.k_a = nn.Parameter(torch.empty(d))  # α: how much a scales the written key
@@ -115,48 +147,80 @@ class RWKV7(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """An init after the reference's (x070, as recalled; not checked against its code): mixes and decay speeds vary across channels and depth;
-        low-rank maps start at zero on one side; the output projection starts at zero."""
-        d = self.d_model
+        """The reference's init (RWKV_Tmix_x070.__init__ in RWKV-LM's RWKV-v7/train_temp/src/model.py):
+        mixes and decay speeds vary across channels and depth, the zigzag varies them within
+        each head; low-rank maps start at zero on one side; the output projection at zero.
+        (Its trainer's generate_init_weight later redraws r, k, v orthogonally and scales
+        ln_x by depth when it trains a whole LM; that step is not taken here.)"""
+        d, n_head = self.d_model, self.head_dim
         r01 = self.layer_idx / max(self.n_layers - 1, 1)  # 0 → 1 across layers
         r10 = 1 - self.layer_idx / self.n_layers  # 1 → ~0
-        ddd = torch.arange(d, dtype=torch.float32) / d
+        ddd = torch.arange(d, dtype=torch.float64) / d
+        n = torch.arange(d, dtype=torch.float64)
+        linear = n / max(d - 1, 1) - 0.5  # -0.5 → 0.5 across channels
+        half = (n_head - 1) / 2
+        zigzag = (n % n_head - half) / half if n_head > 1 else torch.zeros_like(n)  # -1 → 1 within each head
+        zigzag = zigzag * zigzag.abs()
+        www = -6 + 6 * (n / max(d - 1, 1)) ** (1 + r01**0.3)
         with torch.no_grad():
-            self.mix.copy_(torch.stack([
-                1 - ddd ** (0.2 * r10),  # r
-                1 - ddd ** (0.9 * r10),  # w
-                1 - (ddd ** (0.9 * r10) + 0.4 * r01),  # k
-                1 - (ddd ** (0.4 * r10) + 0.6 * r01),  # v
-                1 - ddd ** (0.9 * r10),  # a
-                1 - ddd ** (0.2 * r10),  # g
-            ]))
-            n = torch.arange(d, dtype=torch.float32) / max(d - 1, 1)
-            self.w0.copy_(-7 + 5 * n ** (0.85 + 1.0 * r01**0.5) + 0.5)
-            self.a0.zero_()
-            for first, second in ((self.w1, self.w2), (self.a1, self.a2), (self.g1, self.g2)):
+            self.mix.copy_(torch.stack([1 - ddd ** (p * r10) for p in (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)]))  # r w k v a g
+            self.w0.copy_(www + 0.5 + zigzag * 2.5)
+            self.a0.copy_(-0.19 + zigzag * 0.3 + linear * 0.4)
+            lora = [(self.w1, self.w2), (self.a1, self.a2), (self.g1, self.g2)]
+            if not self.first:
+                self.v0.copy_(0.73 - linear * 0.4)
+                lora.append((self.v1, self.v2))
+            for first, second in lora:
                 first.zero_()
-                nn.init.orthogonal_(second, gain=0.1)
-            self.k_k.fill_(0.85)
-            self.k_a.fill_(1.0)
+                _ortho_(second, 0.1)
+            self.k_k.copy_(0.71 - linear * 0.1)
+            self.k_a.fill_(1.02)
             self.r_k.fill_(-0.04)
-            bound = 0.5 / math.sqrt(d)
-            for lin in (self.receptance, self.key, self.value):
-                nn.init.uniform_(lin.weight, -bound, bound)
+            for lin, bound in ((self.receptance, 0.5), (self.key, 0.05), (self.value, 0.5)):
+                nn.init.uniform_(lin.weight, -bound / math.sqrt(d), bound / math.sqrt(d))
             self.output.weight.zero_()
             self.ln_x.reset_parameters()
 
-    def _inputs(self, x: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x, prev = x_{t-1} [..., D] → r, log decay, k, v, removal direction -κ, its write
-        weight κ ⊙ a, and gate g, each [..., D]."""
-        xr, xw, xk, xv, xa, xg = (x + (prev - x) * m for m in self.mix)
-        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
+    def _value_first(self, shape: torch.Size) -> torch.Tensor:
+        """The first RWKV-7 layer's values for this input, [B, L, D]."""
+        v_first = self.shared.get("rwkv7.v_first")
+        if v_first is None or v_first.shape != shape:
+            raise RuntimeError(f"RWKV-7 layer {self.layer_idx} needs the first RWKV-7 layer's values: run the "
+                               "layers sharing its `shared` dict in order, first layer first")
+        return v_first
+
+    def _mixed(self, x: torch.Tensor, prev: torch.Tensor) -> list[torch.Tensor]:
+        """x, prev = x_{t-1} [..., D] → the six token-shifted inputs (r, w, k, v, a, g)."""
+        return [x + (prev - x) * m for m in self.mix]
+
+    def _inputs(self, mixed: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Token-shifted inputs → r, log decay, k, removal direction -κ, its write weight κ ⊙ a,
+        and gate g, each [..., D]."""
+        xr, xw, xk, _, xa, xg = mixed
+        r, k = self.receptance(xr), self.key(xk)
         omega = -F.softplus(-(self.w0 + torch.tanh(xw @ self.w1) @ self.w2)) - 0.5
         logw = -torch.exp(omega.float())  # log decay per channel: decay in (0.545, 1)
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
         kappa = F.normalize((k * self.k_k).unflatten(-1, (self.num_heads, self.head_dim)), dim=-1).flatten(-2)
         k = k * (1 + (a - 1) * self.k_a)
-        return r, logw, k, v, -kappa, kappa * a, g
+        return r, logw, k, -kappa, kappa * a, g
+
+    def _values(self, mixed: list[torch.Tensor], v_first: torch.Tensor | None) -> torch.Tensor:
+        """v = value(x_v), moved toward v_first by the value-residual gate after the first layer."""
+        xv = mixed[3]
+        v = self.value(xv)
+        if v_first is None:
+            return v
+        return v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
+
+    def _hand_on(self, v: torch.Tensor) -> None:
+        """First layer: share v (when other RWKV-7 layers follow); last layer: drop it."""
+        layers = self.shared["rwkv7.layers"]
+        if self.first and len(layers) > 1:
+            self.shared["rwkv7.v_first"] = v
+        elif not self.first and self.layer_idx == max(layers):
+            self.shared.pop("rwkv7.v_first", None)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.float().unflatten(-1, (self.num_heads, self.head_dim))  # [..., H, N]
@@ -176,20 +240,29 @@ class RWKV7(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         prev = F.pad(x, (0, 0, 1, -1))  # x_{t-1}, zeros at t = 0
-        r, logw, k, v, a, b, g = self._inputs(x, prev)  # [B, L, D]
+        mixed = self._mixed(x, prev)
+        v = self._values(mixed, None if self.first else self._value_first(x.shape))  # [B, L, D]
+        self._hand_on(v)
+        r, logw, k, a, b, g = self._inputs(mixed)  # [B, L, D]
         o = chunk_rwkv7(*(self._heads(t).transpose(1, 2) for t in (r, logw, k, v, a, b)), self.chunk_size)
         return self._finish(o.transpose(1, 2).flatten(-2), r, k, v, g)  # o: [B, H, L, N] → [B, L, D]
 
     def recurrent(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Token by token. State: the previous input x_{t-1} [B, D] and S [B, H, N, N]."""
+        """Token by token. State: the previous input x_{t-1} [B, D] and S [B, H, N, N]. (The
+        value residual reads the first layer's v at the same position: no state of its own.)"""
+        v_first = None if self.first else self._value_first(x.shape)
         prev = x.new_zeros(x.shape[0], self.d_model)
         S = x.new_zeros(x.shape[0], self.num_heads, self.head_dim, self.head_dim, dtype=torch.float32)
-        ys = []
+        ys, vs = [], []
         for t in range(x.shape[1]):
-            r, logw, k, v, a, b, g = self._inputs(x[:, t], prev)
+            mixed = self._mixed(x[:, t], prev)
+            v = self._values(mixed, None if v_first is None else v_first[:, t])
+            vs.append(v)
+            r, logw, k, a, b, g = self._inputs(mixed)
             o, S = self._step(S, *(self._heads(u) for u in (r, logw, k, v, a, b)))
             ys.append(self._finish(o.flatten(-2), r, k, v, g))
             prev = x[:, t]
+        self._hand_on(torch.stack(vs, dim=1))
         return torch.stack(ys, dim=1), (prev, S)
 
     def state_size(self, seq_len: int) -> int:
