@@ -113,9 +113,10 @@ def successive_draws(n: int, k: int, weights: torch.Tensor, gen: torch.Generator
     drawn (``np.random.choice(len(w), k, replace=False, p=w/w.sum())`` per row).
 
     The exponential race (Efraimidis–Spirakis): the indices of the k smallest ``E_i / w_i``
-    (``E_i ~ Exp(1)``), in ascending order of score, are distributed exactly as k successive
-    draws; the first to finish is the first draw. Use this whenever the order carries meaning
-    (e.g. the j-th draw belongs to the j-th key).
+    (``E_i ~ Exp(1)``), in ascending order of score, are distributed as k successive draws
+    (exactly, up to the float32 rounding of the scores); the first to finish is the first
+    draw. Use this whenever the order carries meaning (e.g. the j-th draw belongs to the
+    j-th key).
     """
     return _race(n, k, weights, gen).topk(k, dim=1, largest=False, sorted=True).indices
 
