@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,14 @@ from zoology.tasks.circuits import (
     Majority,
     Parity,
     VocabMajority,
+)
+from zoology.tasks.fast_sampling import (
+    UrnTable,
+    np_distinct,
+    np_generator,
+    np_race_distinct,
+    np_rejection_distinct,
+    np_weighted_distinct,
 )
 from zoology.tasks.formal import (
     BucketSort,
@@ -31,18 +41,14 @@ from zoology.tasks.mad import (
     SelectiveCopying,
 )
 from zoology.tasks.mqar import MQAR, CompositionalMQAR, ForgettingMQAR
+from zoology.tasks.mqar_reference import reference_mqar
 from zoology.tasks.recall import AssociativeRecall, InductionHead
 from zoology.tasks.sampling import (
-    UrnTable,
     distinct,
     few_distinct,
     first_occurrence,
     generator,
-    np_distinct,
-    np_generator,
-    np_race_distinct,
-    np_rejection_distinct,
-    np_weighted_distinct,
+    successive_draws,
     weighted_distinct,
 )
 from zoology.testing import check_task
@@ -58,6 +64,49 @@ def test_names_unique_and_documented():
     assert len(names) == len(set(names))
     for c in BUILTIN_TASKS:
         assert c.__doc__ and len(c.__doc__) > 60, c.name
+
+
+def _p_value(chi2: float, df: int) -> float:
+    """P(X >= chi2) for X ~ chi^2(df)."""
+    return torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
+                                   torch.tensor(chi2 / 2, dtype=torch.float64)).item()
+
+
+def _fit_p(counts: np.ndarray, probs: np.ndarray) -> float:
+    """Pearson's goodness of fit of ``counts`` to the exact ``probs`` (same bins)."""
+    expected = probs * counts.sum()
+    return _p_value(float(((counts - expected) ** 2 / expected).sum()), len(counts) - 1)
+
+
+def _same_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson's two-sample test that histograms ``a`` and ``b`` (same bins, any shape; each
+    row of a 2-D histogram is one slot) come from one distribution, per row and jointly."""
+    a, b = np.atleast_2d(a).astype(float), np.atleast_2d(b).astype(float)
+    chi2, df = 0.0, 0
+    for x, y in zip(a, b):
+        keep = x + y > 0
+        x, y = x[keep], y[keep]
+        ex, ey = (x + y) * x.sum() / (x + y).sum(), (x + y) * y.sum() / (x + y).sum()
+        chi2 += float(((x - ex) ** 2 / ex).sum() + ((y - ey) ** 2 / ey).sum())
+        df += len(x) - 1
+    return _p_value(chi2, df)
+
+
+def _per_slot_hist(x: np.ndarray, bins: int) -> np.ndarray:
+    """``[k, bins]``: the histogram of each column of ``x`` ``[n, k]``."""
+    return np.stack([np.bincount(col, minlength=bins) for col in np.asarray(x).T])
+
+
+def _successive_exact(w: list[float], k: int) -> dict[tuple[int, ...], float]:
+    """Exact probability of every ordered k-tuple under successive sampling without replacement."""
+    out = {}
+    for t in itertools.permutations(range(len(w)), k):
+        p, left = 1.0, sum(w)
+        for i in t:
+            p *= w[i] / left
+            left -= w[i]
+        out[t] = p
+    return out
 
 
 # -- sampling --------------------------------------------------------------------------------
@@ -105,6 +154,34 @@ def test_weighted_distinct_matches_successive_sampling():
     x = weighted_distinct(100_000, 2, w, generator(3))
     pair01 = ((x.min(1).values == 0) & (x.max(1).values == 1)).float().mean()
     assert abs(pair01 - (0.25 + 1 / 6)) < 0.01
+
+
+def test_successive_draws_are_successive_sampling_in_draw_order():
+    w = [4.0, 2.0, 1.0, 1.0, 0.5]
+    exact = _successive_exact(w, 3)  # 60 ordered triples
+    x = successive_draws(200_000, 3, torch.tensor(w), generator(8)).numpy()
+    codes = np.bincount(x @ np.array([25, 5, 1]), minlength=125)
+    tuples = list(exact)
+    counts = np.array([codes[a * 25 + b * 5 + c] for a, b, c in tuples])
+    assert counts.sum() == len(x)  # every row is a triple of distinct indices
+    assert _fit_p(counts, np.array([exact[t] for t in tuples])) > 1e-3
+
+
+def test_successive_draws_per_slot_match_numpy_choice_and_weighted_distinct_is_their_set():
+    from zoology.tasks.mqar import _power_law
+
+    w = _power_law(20, 0.01)  # MQAR's query gaps: 64 tokens, 12 context pairs
+    x = successive_draws(20_000, 8, w, generator(9)).numpy()
+    p = (w / w.sum()).numpy()
+    rs = np.random.RandomState(0)
+    ref = np.stack([rs.choice(20, 8, replace=False, p=p) for _ in range(6000)])  # upstream's draw
+    assert _same_p(_per_slot_hist(x, 20), _per_slot_hist(ref, 20)) > 1e-3
+    assert np.abs(x.mean(0) - ref.mean(0)).max() < 0.4  # sd of a difference < 0.1
+    assert (np.diff(x.mean(0)) > 0).all()  # later draws land further away
+    # weighted_distinct: the same indices for the same generator state, in another order
+    a = weighted_distinct(5000, 8, w, generator(10))
+    b = successive_draws(5000, 8, w, generator(10))
+    assert torch.equal(a.sort(1).values, b.sort(1).values)
 
 
 def test_np_distinct_rows_unique_in_range_and_uniform():
@@ -220,6 +297,108 @@ def test_mqar_gap_histogram_follows_power_law():
     assert (hist - p).abs().max() < 0.01
 
 
+def _check_mqar_exact(t: MQAR, s) -> None:
+    """What every MQAR example must be, whichever generator made it."""
+    k, half, context = t.num_kv_pairs, t.vocab_size // 2, 2 * t.num_kv_pairs * t.num_passes
+    inputs, labels = s.inputs.long(), s.labels.long()
+    keys, values = _pairs(inputs, 2 * k)
+    assert (keys.sort(1).values.diff(1) > 0).all() and keys.min() >= 1 and keys.max() < half
+    assert (values.sort(1).values.diff(1) > 0).all() and values.min() >= half and values.max() < t.vocab_size
+    for p in range(1, t.num_passes):
+        assert torch.equal(inputs[:, 2 * k * p: 2 * k * (p + 1)], inputs[:, : 2 * k])
+    scored = labels != IGNORE_INDEX
+    assert not scored[:, :context].any() and not scored[:, context + 1::2].any()
+    hits = torch.zeros_like(scored, dtype=torch.int64)
+    for j in range(k):  # each key is queried exactly once; the answer is its value
+        at = scored & (inputs == keys[:, j:j + 1])
+        assert (at.sum(1) == 1).all()
+        assert torch.equal(labels[at], values[:, j])
+        hits += at
+    assert torch.equal(hits.bool(), scored)
+    if not t.random_non_queries:
+        assert (inputs[:, context:][~scored[:, context:]] == 0).all()
+
+
+def _mqar_gaps(t: MQAR, s) -> np.ndarray:
+    """``[n, k]``: the query gap of each context key, in context order."""
+    context = 2 * t.num_kv_pairs * t.num_passes
+    inputs, scored = s.inputs.long(), s.labels != IGNORE_INDEX
+    keys = inputs[:, 0: 2 * t.num_kv_pairs: 2]
+    pos = torch.stack([(scored & (inputs == keys[:, j:j + 1])).long().argmax(1)
+                       for j in range(t.num_kv_pairs)], dim=1)
+    return ((pos - context) // 2).numpy()
+
+
+@pytest.mark.parametrize("params", [
+    {"vocab_size": 64, "input_seq_len": 48, "num_kv_pairs": 4},
+    {"vocab_size": 24, "input_seq_len": 40, "num_kv_pairs": 3, "num_passes": 2, "power_a": 0.5,
+     "random_non_queries": False},
+])
+def test_mqar_fast_generator_matches_the_plain_reference(params):
+    fast_task, ref_task = MQAR(**params, num_examples=20_000), MQAR(**params, num_examples=2500)
+    fast, ref = fast_task.generate(0), reference_mqar(ref_task, 0)
+    assert fast.inputs.dtype == ref.inputs.dtype and fast.slices == ref.slices
+    for t, s in ((fast_task, fast), (ref_task, ref)):
+        _check_mqar_exact(t, s)
+    k, vocab = fast_task.num_kv_pairs, fast_task.vocab_size
+    space = (fast_task.input_seq_len - 2 * k * fast_task.num_passes) // 2
+    # where each key is queried, per key: the gap distribution and its order across keys
+    assert _same_p(_per_slot_hist(_mqar_gaps(fast_task, fast), space),
+                   _per_slot_hist(_mqar_gaps(ref_task, ref), space)) > 1e-3
+    # which keys and values, per slot of the context
+    for cols in (slice(0, 2 * k, 2), slice(1, 2 * k, 2)):
+        assert _same_p(_per_slot_hist(fast.inputs[:, cols].long().numpy(), vocab),
+                       _per_slot_hist(ref.inputs[:, cols].long().numpy(), vocab)) > 1e-3
+    # the filler tokens after the context, outside the queries
+    if fast_task.random_non_queries:
+        def filler(s):
+            c = 2 * k * fast_task.num_passes
+            return np.bincount(s.inputs[:, c:][s.labels[:, c:] == IGNORE_INDEX].long().numpy(), minlength=vocab)
+        assert _same_p(filler(fast), filler(ref)) > 1e-3
+
+
+def _upstream_gaps(n: int, k: int, space: int, power_a: float, seed: int) -> np.ndarray:
+    """Upstream's query gaps (compositional_mqar, forgetting_mqar): per example,
+    ``np.random.choice(space, k, replace=False, p)``; gap j goes to context key j."""
+    g = np.arange(1, space + 1)
+    p = power_a * g ** (power_a - 1)
+    rs = np.random.RandomState(seed)
+    return np.stack([rs.choice(space, k, replace=False, p=p / p.sum()) for _ in range(n)])
+
+
+def test_forgetting_mqar_gaps_per_key_match_upstream():
+    k, u, length = 8, 4, 64
+    t = ForgettingMQAR(vocab_size=256, input_seq_len=length, num_kv_pairs=k, num_updates=u, num_examples=20_000)
+    s = t.generate(0)
+    context = 2 * (k + u)
+    keys, scored = s.inputs[:, 0: 2 * k: 2].long(), s.labels != IGNORE_INDEX
+    pos = torch.stack([(scored & (s.inputs.long() == keys[:, j:j + 1])).long().argmax(1) for j in range(k)], 1)
+    ours = ((pos - context) // 2).numpy()
+    space = (length - context) // 2
+    up = _upstream_gaps(6000, k, space, 0.01, 0)
+    assert _same_p(_per_slot_hist(ours, space), _per_slot_hist(up, space)) > 1e-3
+    # the distance from a key's pair to its query, in pairs (the issue's check)
+    def distance(gaps: np.ndarray) -> np.ndarray:
+        return np.bincount(((context + 2 * gaps - 2 * np.arange(k)) // 2).ravel(), minlength=context + space)
+
+    assert _same_p(distance(ours), distance(up)) > 1e-3
+
+
+def test_compositional_mqar_gaps_per_pair_match_upstream():
+    k, length = 4, 64
+    t = CompositionalMQAR(vocab_size=300, input_seq_len=length, num_kv_pairs=k, num_examples=20_000)
+    s = t.generate(0)
+    context = 3 * k
+    inputs, scored = s.inputs.long(), s.labels != IGNORE_INDEX
+    prev = torch.cat([torch.full_like(inputs[:, :1], -1), inputs[:, :-1]], dim=1)
+    pos = torch.stack([(scored & (prev == inputs[:, 3 * j:3 * j + 1]) & (inputs == inputs[:, 3 * j + 1:3 * j + 2]))
+                       .long().argmax(1) for j in range(k)], 1)  # the value is scored at the query's k2
+    ours = ((pos - 1 - context) // 3).numpy()
+    space = (length - context) // 3
+    up = _upstream_gaps(6000, k, space, 0.01, 0)
+    assert _same_p(_per_slot_hist(ours, space), _per_slot_hist(up, space)) > 1e-3
+
+
 def test_mqar_rejects_too_many_pairs_with_the_constraint():
     with pytest.raises(FieldError, match=r"<= input_seq_len \(got 72 > 64\)") as e:
         MQAR(vocab_size=256, input_seq_len=64, num_kv_pairs=18, num_examples=1)
@@ -322,6 +501,49 @@ def test_fuzzy_recall_values_are_consistent():
         assert s.labels[i, -1] != IGNORE_INDEX
         assert (s.labels[i, scored] >= (pad // 2)).all()  # only value tokens are scored
         assert (s.labels[i, scored] < pad).all()
+
+
+def _fuzzy_pairs(seq: list[int], n_key_tok: int, pad: int) -> list[tuple[tuple[int, ...], int, int]]:
+    """(key, value start, value end) of each pair: left padding, then alternating runs of
+    key tokens and value tokens (every pair is one key run and one value run)."""
+    start = next(i for i, x in enumerate(seq) if x != pad)
+    pairs, i = [], start
+    while i < len(seq):
+        j = i
+        while j < len(seq) and seq[j] < n_key_tok:
+            j += 1
+        m = j
+        while m < len(seq) and n_key_tok <= seq[m] < pad:
+            m += 1
+        assert i < j < m, "a key run then a value run"
+        pairs.append((tuple(seq[i:j]), j, m))
+        i = m
+    return pairs
+
+
+@pytest.mark.parametrize("params", [
+    {},  # MAD's baseline: 1.6% of examples scored a never-shown probe key before the fix
+    {"input_seq_len": 40, "variable_key_size": True},
+    {"vocab_size": 11, "input_seq_len": 31, "k_motif_size": 2, "v_motif_size": 4},
+])
+def test_fuzzy_recall_scores_exactly_the_values_of_keys_shown_before(params):
+    t = FuzzyInContextRecall(**params, num_examples=2500)
+    s = t.generate(0)
+    pad, n_key_tok = t.vocab_size - 1, (t.vocab_size - 1) // 2
+    for inputs, labels in zip(s.inputs.tolist(), s.labels.tolist()):
+        seq = [*inputs, labels[-1]]  # the last token only shows up as the final label
+        # labels[p] is the token at p + 1: the scored tokens, as positions in seq
+        scored = {p + 1 for p, y in enumerate(labels) if y != IGNORE_INDEX}
+        assert all(labels[p - 1] == seq[p] for p in scored)
+        table, want = {}, set()
+        for key, a, b in _fuzzy_pairs(seq, n_key_tok, pad):
+            value = seq[a:b]
+            if key in table:  # shown before: the same value, every token of it scored
+                assert table[key] == value
+                want.update(range(a, b))
+            table[key] = value
+        assert scored == want
+        assert len(seq) - 1 in scored  # the final probe is scored, hence its key was shown before
 
 
 def test_selective_copying_answer_is_the_non_noise_tokens_in_order():

@@ -11,6 +11,14 @@ from zoology.errors import ConfigError, FieldError, UserError
 from zoology.hookspecs import hookimpl
 from zoology.plugins import get_registry, load_registry
 from zoology.tasks.base import IGNORE_INDEX, Segment, Task, at_least, between, param, token_dtype
+from zoology.tasks.sampling import (
+    distinct,
+    first_occurrence,
+    generator,
+    shift_labels,
+    successive_draws,
+    weighted_distinct,
+)
 
 
 def get_task(name: str, **params: Any) -> Task:
@@ -21,6 +29,8 @@ def get_task(name: str, **params: Any) -> Task:
 
 __all__ = [
     "IGNORE_INDEX", "ConfigError", "Experiment", "FieldError", "MixerSpec", "Segment", "Task",
-    "UserError", "at_least", "between", "dump_experiment", "get_registry", "get_task", "hookimpl",
-    "load_experiment", "load_experiments", "load_registry", "param", "token_dtype",
+    "UserError", "at_least", "between", "distinct", "dump_experiment", "first_occurrence",
+    "generator", "get_registry", "get_task", "hookimpl", "load_experiment", "load_experiments",
+    "load_registry", "param", "shift_labels", "successive_draws", "token_dtype",
+    "weighted_distinct",
 ]

@@ -21,7 +21,7 @@ import torch
 
 from zoology.errors import FieldError
 from zoology.tasks.base import IGNORE_INDEX, Segment, Task, at_least, param, token_dtype
-from zoology.tasks.sampling import np_generator, np_token_buffer, np_uniform_ints_
+from zoology.tasks.fast_sampling import np_generator, np_token_buffer, np_uniform_ints_
 
 
 @attrs.frozen(kw_only=True)

@@ -160,14 +160,18 @@ class FuzzyInContextRecall(Task):
     before is scored (predicted from the token before it). Keys are ``k_motif_size``
     tokens long unless ``variable_key_size`` (MAD's training split draws 1…k_motif_size).
 
-    Deviation: MAD draws the probe's offset from ``[0, seq_len - 2*probe_len)`` and, when
-    the offset falls past the generated pairs (~1% of examples), still scores the final
-    probe although its key never occurred; here the offset is drawn from the part of the
-    sequence that is generated, so every scored probe is answerable.
+    Deviation: MAD plants the probe pair at the first pair boundary at or after an offset
+    drawn from ``[0, seq_len - 2*probe_len)``; when no pair starts there before its loop
+    ends (2.8% of its test examples at the baseline settings, measured), the probe key
+    never occurs, yet the final probe is scored. Here the offset is drawn from ``[0,
+    stop)``, ``stop`` being MAD's loop bound (no larger than MAD's range), and where the
+    pair drawn at a boundary would end the loop before the probe is planted, the probe pair
+    takes its place: every scored probe is answerable.
     """
 
     name = "fuzzy_in_context_recall"
-    version = 2  # v2: compact dtype, another distinct-token sampler (other tensors per seed)
+    # v2: compact dtype, another distinct-token sampler; v3: the probe is always planted
+    version = 3
     example = {"vocab_size": 16, "input_seq_len": 32, "k_motif_size": 2, "v_motif_size": 2}
     bench_params = [{"vocab_size": 16, "input_seq_len": 128, "num_examples": 100_000}]
 
@@ -263,21 +267,27 @@ class FuzzyInContextRecall(Task):
             k, ks = draw_key()
             kc = code(k, ks)
             v, vs = draw_value()
-            plant = active & (cur >= probe_at) & ~added
-            # plant the probe pair here, as MAD does once the sequence reaches probe_at
-            k = torch.where(plant[:, None], pk, k)
-            ks = torch.where(plant, pks, ks)
-            kc = torch.where(plant, pcode, kc)
+            # the drawn pair: a key seen before keeps its value, the probe key the probe value
             match = mem_code[:, :step] == kc[:, None]
-            seen = match.any(dim=1) & ~plant
-            is_probe = kc == pcode
+            seen = match.any(dim=1)
             if step:
                 first = match.int().argmax(dim=1)
                 v = torch.where(seen[:, None], mem_val[rows, first], v)
                 vs = torch.where(seen, mem_vs[rows, first], vs)
+            is_probe = kc == pcode
             v = torch.where(is_probe[:, None], pv, v)
             vs = torch.where(is_probe, pvs, vs)
-            added |= active & is_probe
+            # plant the probe pair instead, as MAD does once the sequence reaches probe_at,
+            # and also where the drawn pair would end the sequence with the probe not yet in
+            # it (MAD then never plants it, yet scores the final probe)
+            plant = active & ~added & ((cur >= probe_at) | (cur + ks + vs >= stop))
+            k = torch.where(plant[:, None], pk, k)
+            ks = torch.where(plant, pks, ks)
+            kc = torch.where(plant, pcode, kc)
+            v = torch.where(plant[:, None], pv, v)
+            vs = torch.where(plant, pvs, vs)
+            seen &= ~plant  # the planted probe is the key's first occurrence: not scored
+            added |= active & (plant | is_probe)
             write(k, ks, v, vs, active, seen & active)
             mem_code[:, step] = torch.where(active, kc, -1)
             mem_val[:, step] = v

@@ -19,19 +19,21 @@ import torch
 
 from zoology.errors import FieldError
 from zoology.tasks.base import IGNORE_INDEX, Segment, Task, at_least, param, token_dtype
-from zoology.tasks.sampling import (
+from zoology.tasks.fast_sampling import (
     NUMPY_DTYPES,
-    distinct,
-    empty_long,
-    full_long,
-    generator,
     np_distinct,
     np_generator,
     np_token_buffer,
     np_uniform_ints_,
     np_weighted_distinct,
+)
+from zoology.tasks.sampling import (
+    distinct,
+    empty_long,
+    full_long,
+    generator,
+    successive_draws,
     uniform_ints_,
-    weighted_distinct,
 )
 
 
@@ -163,15 +165,18 @@ class CompositionalMQAR(Task):
     many second-key tokens from ``[V//3, 2V//3)``; the keys are all their combinations
     (a grid), in random order, so neither token alone determines the value. Values are
     distinct, from ``[2V//3, V)``. The context is ``k1 k2 v`` triplets; every key pair
-    is then queried once as ``k1 k2`` at offset ``3g`` after the context (gaps ``g`` drawn
-    without replacement from the same power law as MQAR) and the value is scored at
-    ``k2``. Other positions hold random tokens (``random_non_queries``) or 0.
+    is then queried once as ``k1 k2`` at offset ``3g`` after the context and the value is
+    scored at ``k2``. The gaps ``g`` are successive draws without replacement from the same
+    power law as MQAR, the j-th draw going to the j-th triplet of the context, so earlier
+    pairs tend to be queried sooner. Other positions hold random tokens
+    (``random_non_queries``) or 0.
 
     Matches upstream ``compositional_mqar`` (HazyResearch/zoology,
-    zoology/data/compositional_ar.py) in distribution.
+    zoology/data/compositional_mqar.py) in distribution.
     """
 
     name = "compositional_mqar"
+    version = 2  # v2: gap j goes to pair j in draw order, as upstream (v1: an arbitrary order)
     example = {"vocab_size": 48, "input_seq_len": 30, "num_kv_pairs": 4}
     bench_params = [{"vocab_size": 8192, "input_seq_len": 256, "num_kv_pairs": 16, "num_examples": 100_000}]
 
@@ -209,7 +214,8 @@ class CompositionalMQAR(Task):
         k2 = k2.repeat(1, side).gather(1, order)  # X Y X Y
         values = distinct(n, k, 2 * third, vocab, gen)
         context = 3 * k
-        gaps = weighted_distinct(n, k, _power_law((seq_len - context) // 3, self.power_a), gen)
+        # gap j is the j-th draw and belongs to pair j, as upstream's np.random.choice
+        gaps = successive_draws(n, k, _power_law((seq_len - context) // 3, self.power_a), gen)
         positions = context + 3 * gaps
 
         inputs = empty_long(n, seq_len)
@@ -236,7 +242,9 @@ class ForgettingMQAR(Task):
     The context holds ``num_kv_pairs`` pairs (distinct keys from ``[1, V//2)``, distinct
     values from ``[V//2, V)``) followed by ``num_updates`` update pairs: distinct keys of
     the context, in random order, each with a new value different from its old one. Every
-    key is then queried once (power-law gaps as in MQAR) and its latest value is scored.
+    key is then queried once and its latest value is scored; the query gaps are successive
+    power-law draws without replacement as in MQAR, the j-th draw going to the j-th key of
+    the first pairs, so earlier keys tend to be queried sooner.
 
     Matches upstream ``forgetting_mqar`` (HazyResearch/zoology,
     zoology/data/forgetting_mqar.py) with one fix: upstream draws each new value to differ
@@ -247,6 +255,7 @@ class ForgettingMQAR(Task):
     """
 
     name = "forgetting_mqar"
+    version = 2  # v2: gap j goes to key j in draw order, as upstream (v1: an arbitrary order)
     example = {"vocab_size": 32, "input_seq_len": 24, "num_kv_pairs": 3, "num_updates": 2}
     bench_params = [{"vocab_size": 8192, "input_seq_len": 256, "num_kv_pairs": 16, "num_updates": 8,
                      "num_examples": 100_000}]
@@ -287,7 +296,8 @@ class ForgettingMQAR(Task):
         new = r + (r >= old).long()  # uniform over the values other than the old one
         final = values.scatter(1, which, new)
         context = 2 * (k + u)
-        gaps = weighted_distinct(n, k, _power_law((seq_len - context) // 2, self.power_a), gen)
+        # gap j is the j-th draw and belongs to key j, as upstream's np.random.choice
+        gaps = successive_draws(n, k, _power_law((seq_len - context) // 2, self.power_a), gen)
         positions = context + 2 * gaps
 
         inputs = empty_long(n, seq_len)

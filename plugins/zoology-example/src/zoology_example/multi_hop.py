@@ -5,9 +5,17 @@ from __future__ import annotations
 import attrs
 import torch
 
-from zoology import FieldError, Segment, Task, at_least, param
-from zoology.tasks.base import IGNORE_INDEX
-from zoology.tasks.sampling import distinct, generator, weighted_distinct
+from zoology import (
+    IGNORE_INDEX,
+    FieldError,
+    Segment,
+    Task,
+    at_least,
+    distinct,
+    generator,
+    param,
+    weighted_distinct,
+)
 
 PAD = 0  # filler token of unscored positions after the context; never a chain token
 
