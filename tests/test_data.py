@@ -201,7 +201,7 @@ def test_segments_of_different_token_dtypes_share_a_split():
     class Wide(MQAR):
         def generate(self, seed):
             s = super().generate(seed)
-            return Segment(s.inputs.long(), s.labels.long(), s.slices)
+            return Segment(s.inputs.long(), s.labels.long())
 
     wide = Wide(vocab_size=32, input_seq_len=24, num_kv_pairs=2, num_examples=2)
     split = build_split([small, wide], "train", 0)

@@ -39,7 +39,7 @@ def bench_data(names: list[str] | None = None, repeats: int = 1) -> Iterator[dic
             task = comp.cls(**params)
             comp.cls(**{**params, "num_examples": 64}).generate(1)  # warm-up: imports, thread pools
             seconds = _best_of(lambda task=task: task.generate(0), repeats)
-            yield {"task": comp.name, **params, "seconds": round(seconds, 4),
+            yield {"task": comp.name, **params, "seconds": round(seconds, 6),
                    "examples_per_s": round(task.num_examples / seconds)}
 
 

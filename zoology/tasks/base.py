@@ -55,13 +55,12 @@ class Segment:
     ``inputs`` and ``labels`` are integer ``[N, L]`` tensors (int16, int32 or int64; the
     built-in tasks use :func:`token_dtype`, so call ``.long()`` before ``nn.Embedding`` or
     ``cross_entropy``); ``labels[i, t]`` is the token expected after ``inputs[i, :t+1]`` or
-    -100 where nothing is scored. ``slices`` names this configuration (e.g.
-    ``{"num_kv_pairs": 8}``) for per-slice accuracy.
+    -100 where nothing is scored. What names the segment in per-slice metrics comes from
+    the task (``Task.slices()``), filled in by the framework.
     """
 
     inputs: torch.Tensor
     labels: torch.Tensor
-    slices: dict[str, Any] = attrs.Factory(dict)
 
     def __attrs_post_init__(self) -> None:
         if self.inputs.shape != self.labels.shape or self.inputs.dim() != 2:

@@ -64,7 +64,7 @@ class Parity(_BitTask):
 
     def generate(self, seed: int) -> Segment:
         bits, inputs = _bits_then_end(self, seed)
-        return Segment(inputs, _answer_at_end(inputs, bits.sum(dim=1) % 2), self.slices())
+        return Segment(inputs, _answer_at_end(inputs, bits.sum(dim=1) % 2))
 
 
 @attrs.frozen(kw_only=True)
@@ -78,7 +78,7 @@ class Majority(_BitTask):
     def generate(self, seed: int) -> Segment:
         bits, inputs = _bits_then_end(self, seed)
         answer = (2 * bits.sum(dim=1) > bits.shape[1]).long()
-        return Segment(inputs, _answer_at_end(inputs, answer), self.slices())
+        return Segment(inputs, _answer_at_end(inputs, answer))
 
 
 @attrs.frozen(kw_only=True)
@@ -95,7 +95,7 @@ class CumulativeParity(_BitTask):
     def generate(self, seed: int) -> Segment:
         gen = generator(seed)
         bits = torch.randint(0, 2, (self.num_examples, self.input_seq_len), generator=gen)
-        return Segment(bits, bits.cumsum(dim=1) % 2, self.slices())
+        return Segment(bits, bits.cumsum(dim=1) % 2)
 
 
 @attrs.frozen(kw_only=True)
@@ -113,7 +113,7 @@ class CumulativeMajority(_BitTask):
     def generate(self, seed: int) -> Segment:
         gen = generator(seed)
         bits = torch.randint(0, 2, (self.num_examples, self.input_seq_len), generator=gen)
-        return Segment(bits, ((2 * bits - 1).cumsum(dim=1) >= 0).long(), self.slices())
+        return Segment(bits, ((2 * bits - 1).cumsum(dim=1) >= 0).long())
 
 
 @attrs.frozen(kw_only=True)
@@ -151,7 +151,7 @@ class VocabMajority(Task):
         rows = tied.nonzero().squeeze(1)
         seq[rows, other[rows]] = answer[rows]
         inputs = torch.cat([seq, torch.zeros(n, 1, dtype=torch.int64)], dim=1)
-        return Segment(inputs, _answer_at_end(inputs, answer), self.slices())
+        return Segment(inputs, _answer_at_end(inputs, answer))
 
     def decode(self, token: int) -> str:
         return "=" if token == 0 else str(token)

@@ -87,7 +87,7 @@ class _Formal(Task):
         inputs[rows, lengths] = sep
         if not self.out_factor:  # one answer token, scored at the separator
             labels[rows, lengths] = self.answer(x, lengths).to(dtype)
-            return Segment(inputs, labels, self.slices())
+            return Segment(inputs, labels)
         # the output, scored from the separator on and fed back after it: one block copy
         # per distinct input length
         order = lengths.argsort()
@@ -97,7 +97,7 @@ class _Formal(Task):
             out = y.shape[1]
             labels[at, ell: ell + out] = y
             inputs[at, ell + 1: ell + out] = y[:, :-1]
-        return Segment(inputs, labels, self.slices())
+        return Segment(inputs, labels)
 
     def decode(self, token: int) -> str:
         if token == self.alphabet:

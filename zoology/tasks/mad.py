@@ -59,13 +59,13 @@ def _recall(task: Task, seed: int, noise_vocab_size: int, frac_noise: float) -> 
         junk = torch.randint(plain, vocab, (n, length), generator=gen)
         inputs = torch.where(noise.repeat_interleave(2, dim=1), junk, inputs)
     if task.targets == "all":
-        return Segment(inputs, shift_labels(inputs), task.slices())
+        return Segment(inputs, shift_labels(inputs))
     # a key is scored when it already appeared in an earlier real slot
     codes = torch.where(noise, n_keys + torch.arange(slots), keys)  # noise: never a repeat
     seen = first_occurrence(codes) < torch.arange(slots)
     labels = full_long((n, length), IGNORE_INDEX)
     labels[:, 0::2] = torch.where(seen & ~noise, values, IGNORE_INDEX)
-    return Segment(inputs, labels, task.slices())
+    return Segment(inputs, labels)
 
 
 def _recall_decode(task: Task, token: int, noise_vocab_size: int) -> str:
@@ -307,7 +307,7 @@ class FuzzyInContextRecall(Task):
             target[at, s:] = tgt[at, : length + 1 - s]
         inputs = full[:, :-1].contiguous()
         labels = full[:, 1:].contiguous() if self.targets == "all" else target[:, 1:].contiguous()
-        return Segment(inputs, labels, self.slices())
+        return Segment(inputs, labels)
 
     def decode(self, token: int) -> str:
         plain = self.vocab_size - 1
@@ -361,7 +361,7 @@ class SelectiveCopying(Task):
         inputs[:, k + blanks] = copy
         labels = full_long((n, length), IGNORE_INDEX)
         labels[:, k + blanks + 1:] = tokens
-        return Segment(inputs, labels, self.slices())
+        return Segment(inputs, labels)
 
     def decode(self, token: int) -> str:
         return "_" if token == self.vocab_size - 2 else "⇒" if token == self.vocab_size - 1 else str(token)
@@ -415,13 +415,13 @@ class Compression(Task):
         if self.protocol == "autoencoder":
             inputs = torch.full((n, length), token, dtype=dtype)
             inputs[:, :-1] = torch.randint(0, token, (n, length - 1), generator=gen)
-            return Segment(inputs, inputs.clone(), self.slices())
+            return Segment(inputs, inputs.clone())
         m = length // 2
         tokens = torch.randint(0, token, (n, m), generator=gen).to(dtype)
         inputs = torch.cat([tokens, torch.full((n, m), token, dtype=dtype)], dim=1)
         labels = torch.full((n, length), IGNORE_INDEX, dtype=dtype)
         labels[:, m - 1: 2 * m - 1] = tokens
-        return Segment(inputs, labels, self.slices())
+        return Segment(inputs, labels)
 
     def decode(self, token: int) -> str:
         return "C" if token == self.vocab_size - 1 else str(token)
@@ -468,7 +468,7 @@ class Memorization(Task):
         insert = torch.full_like(keys, self.vocab_size - 1)
         inputs = torch.stack([keys, insert], dim=2).view(n, 2 * slots)
         labels = torch.stack([torch.full_like(keys, IGNORE_INDEX), table[keys]], dim=2).view(n, 2 * slots)
-        return Segment(inputs, labels, self.slices())
+        return Segment(inputs, labels)
 
     def decode(self, token: int) -> str:
         return "→" if token == self.vocab_size - 1 else str(token)

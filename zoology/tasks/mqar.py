@@ -56,7 +56,7 @@ class MQAR(Task):
     name = "mqar"
     version = 4  # v3: numpy (PCG64) sampler; v4: compact dtype, fill drawn in chunks (other tensors per seed)
     example = {"vocab_size": 32, "input_seq_len": 24, "num_kv_pairs": 3}
-    # the settings upstream Zoology was timed at (see REFERENCE.md)
+    # the settings upstream Zoology was timed at on this project's machine class (README: Generation speed)
     bench_params = [
         {"vocab_size": 8192, "input_seq_len": 64, "num_kv_pairs": 4, "num_examples": 100_000},
         {"vocab_size": 8192, "input_seq_len": 256, "num_kv_pairs": 16, "num_examples": 100_000},
@@ -129,7 +129,7 @@ class MQAR(Task):
             flat, labels = pending()
         inputs.reshape(-1)[flat] = keys.ravel()
         labels.reshape(-1)[flat] = values.ravel()
-        return Segment(torch.from_numpy(inputs), torch.from_numpy(labels), self.slices())
+        return Segment(torch.from_numpy(inputs), torch.from_numpy(labels))
 
     def decode(self, token: int) -> str:
         return f"k{token}" if token < self.vocab_size // 2 else f"v{token}"
@@ -228,7 +228,7 @@ class CompositionalMQAR(Task):
         inputs.scatter_(1, positions + 1, k2)
         labels = full_long((n, seq_len), IGNORE_INDEX)
         labels.scatter_(1, positions + 1, values)
-        return Segment(inputs, labels, self.slices())
+        return Segment(inputs, labels)
 
     def decode(self, token: int) -> str:
         third = self.vocab_size // 3
@@ -310,7 +310,7 @@ class ForgettingMQAR(Task):
         inputs.scatter_(1, positions, keys)
         labels = full_long((n, seq_len), IGNORE_INDEX)
         labels.scatter_(1, positions, final)
-        return Segment(inputs, labels, self.slices())
+        return Segment(inputs, labels)
 
     def decode(self, token: int) -> str:
         return f"k{token}" if token < self.vocab_size // 2 else f"v{token}"

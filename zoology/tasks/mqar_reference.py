@@ -49,4 +49,4 @@ def reference_mqar(task: MQAR, seed: int) -> Segment:
         labels.append(label)
     dtype = token_dtype(vocab)
     return Segment(torch.tensor(inputs, dtype=dtype),
-                   torch.tensor(labels, dtype=dtype), task.slices())
+                   torch.tensor(labels, dtype=dtype))

@@ -81,7 +81,7 @@ class AssociativeRecall(Task):
         else:
             labels = full_long((n, length), IGNORE_INDEX)
             labels[:, -1] = values[torch.arange(n), q]
-        return Segment(inputs, labels, self.slices())
+        return Segment(inputs, labels)
 
     def decode(self, token: int) -> str:
         return _decode(self, token)
@@ -148,7 +148,7 @@ class InductionHead(Task):
         else:
             labels = full_long((n, length), IGNORE_INDEX)
             labels[:, body:] = to_copy
-        return Segment(inputs, labels, self.slices())
+        return Segment(inputs, labels)
 
     def decode(self, token: int) -> str:
         return _decode(self, token)

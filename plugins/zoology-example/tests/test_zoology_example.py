@@ -3,8 +3,7 @@
 import pytest
 from zoology_example import GRU, MultiHopRecall
 
-from zoology import FieldError
-from zoology.plugins import load_registry
+from zoology import FieldError, load_registry
 from zoology.testing import check_mixer, check_task
 
 PARAMS = {"vocab_size": 32, "input_seq_len": 24, "num_examples": 64, "num_chains": 3, "hops": 2}

@@ -79,7 +79,7 @@ class MultiHopRecall(Task):
         inputs.scatter_(1, positions, chains[:, :, 0])
         labels = torch.full((n, seq_len), IGNORE_INDEX, dtype=torch.int64)
         labels.scatter_(1, positions, chains[:, :, -1])
-        return Segment(inputs, labels, self.slices())
+        return Segment(inputs, labels)
 
     def decode(self, token: int) -> str:
         return "_" if token == PAD else str(token)
