@@ -208,7 +208,7 @@ def test_run_tested_at_several_lengths_plots_a_point_per_length(tmp_path):
     summary["test"].update({"test/input_seq_len=16/accuracy": 1.0, "test/input_seq_len=32/accuracy": 0.5})
     (path / "summary.json").write_text(json.dumps(summary))
     rows = build_rows(find_runs(tmp_path), ["mixer"])
-    assert _points(rows[0], "test/accuracy") == [(16, 1.0), (32, 0.5)]
-    assert _points(rows[0], "test/input_seq_len=16/accuracy") == [(16, 1.0)]  # an explicit slice
+    assert _points(rows[0].run, "test/accuracy") == [(16, 1.0), (32, 0.5)]
+    assert _points(rows[0].run, "test/input_seq_len=16/accuracy") == [(16, 1.0)]  # an explicit slice
     report(tmp_path, plot_path=tmp_path / "ext.png")
     assert (tmp_path / "ext.png").exists() and (tmp_path / "report.csv").exists()

@@ -77,14 +77,14 @@ def test_dry_run_lists_and_validates(write, capsys, tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
-def test_figure2_example_has_448_runs(capsys):
+def test_figure2_example_has_upstreams_336_runs(capsys):
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "examples" / "zoology_figure2.toml"
     points = expand(__import__("tomli").loads(path.read_text()), str(path))
-    assert len(points) == 448 and len({p.run_id for p in points}) == 448
+    assert len(points) == 336 and len({p.run_id for p in points}) == 336
     assert main(["run", str(path), "--dry-run"]) == 0
-    assert "448 runs, all valid" in capsys.readouterr().out
+    assert "336 runs, all valid" in capsys.readouterr().out
 
 
 CRASHY = '''

@@ -4,9 +4,10 @@ A segment's file name is a hash of the task name, every task parameter, the seed
 task class's ``version`` (bumped whenever its generator changes what a seed gives) and
 :data:`FORMAT`, the version of this file layout. The tensors ``inputs`` and ``labels`` are
 stored with the same key material as metadata, so a file is checked against what was asked
-for before it is used. Files are written atomically (temporary file in the same folder,
-fsync, rename). A file that cannot be read, or whose metadata or shapes do not match, is
-reported in one line and regenerated.
+for before it is used, and a SHA-256 of the tensor data, verified on every read
+(:mod:`zoology.tensorfile`). Files are written atomically (temporary file in the same
+folder, fsync, rename). A file that cannot be read, whose data does not match its digest,
+or whose metadata or shapes do not match, is reported in one line and regenerated.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from zoology.files import atomic_write
+from zoology import tensorfile
 from zoology.tasks.base import TOKEN_DTYPES, Segment, Task
 
-FORMAT = 1  # bump when the file layout or the key changes
+FORMAT = 2  # bump when the file layout or the key changes (2: data digest)
 
 
 def resolve_cache_dir(value: bool | str | None) -> Path | None:
@@ -63,29 +64,19 @@ def _one_line(exc: BaseException) -> str:
 
 def _load(path: Path, task: Task, seed: int) -> Segment:
     """The cached segment, or an exception saying why the file is unusable."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        want = key_material(task, seed)
-        for k, v in want.items():
-            if meta.get(k) != v:
-                raise ValueError(f"metadata {k}={meta.get(k)!r}, expected {v!r}")
-        if set(f.keys()) != {"inputs", "labels"}:
-            raise ValueError(f"tensors {sorted(f.keys())}, expected inputs and labels")
-        inputs, labels = f.get_tensor("inputs"), f.get_tensor("labels")
+    tensors, meta = tensorfile.load(path)  # verifies the data's digest
+    want = key_material(task, seed)
+    for k, v in want.items():
+        if meta.get(k) != v:
+            raise ValueError(f"metadata {k}={meta.get(k)!r}, expected {v!r}")
+    if set(tensors) != {"inputs", "labels"}:
+        raise ValueError(f"tensors {sorted(tensors)}, expected inputs and labels")
+    inputs, labels = tensors["inputs"], tensors["labels"]
     shape = (task.num_examples, task.input_seq_len)
     for name, t in (("inputs", inputs), ("labels", labels)):
         if tuple(t.shape) != shape or t.dtype not in TOKEN_DTYPES:
             raise ValueError(f"{name} is {t.dtype} {tuple(t.shape)}, expected an integer tensor of {shape}")
     return Segment(inputs, labels)
-
-
-def _save(path: Path, segment: Segment, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save
-
-    tensors = {"inputs": segment.inputs.contiguous(), "labels": segment.labels.contiguous()}
-    atomic_write(path, save(tensors, metadata=metadata))
 
 
 def cached_generate(task: Task, seed: int, cache_dir: Path | None) -> Segment:
@@ -101,7 +92,7 @@ def cached_generate(task: Task, seed: int, cache_dir: Path | None) -> Segment:
                           RuntimeWarning, stacklevel=2)
     segment = task.generate(seed)
     try:
-        _save(path, segment, key_material(task, seed))
+        tensorfile.save(path, {"inputs": segment.inputs, "labels": segment.labels}, key_material(task, seed))
     except OSError as exc:  # a read-only or full disk costs speed, never the run
         warnings.warn(f"zoology cache: {path}: cannot write ({_one_line(exc)}); continuing uncached",
                       RuntimeWarning, stacklevel=2)

@@ -4,7 +4,8 @@ A checkpoint is a folder ``checkpoint/`` holding the model, the optimizer's tens
 process's RNG state and ``state.json`` (epoch, step, scheduler, best so far) written
 last. It is built in ``checkpoint.tmp`` and renamed into place, with the previous one kept
 as ``checkpoint.old`` until the swap is done, so a kill at any moment leaves one complete
-checkpoint to resume from; a folder without ``state.json`` is never loaded.
+checkpoint to resume from; a folder without ``state.json`` is never loaded. Every tensor
+file is verified against its SHA-256 when read (:mod:`zoology.tensorfile`).
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
 
+from zoology import tensorfile
 from zoology.files import atomic_write
+from zoology.tensorfile import CorruptFile
 
 CURRENT, PREVIOUS, PARTIAL = "checkpoint", "checkpoint.old", "checkpoint.tmp"
 STATE = "state.json"
-
-
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(tensors, str(path), metadata=metadata)
+BEST = "best.safetensors"
 
 
 def optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -63,17 +61,18 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 def write_rng(run_path: Path, rank: int) -> None:
     """Every process writes its own RNG state into the checkpoint being built."""
-    (run_path / PARTIAL).mkdir(parents=True, exist_ok=True)
-    _save_tensors(rng_state(), run_path / PARTIAL / f"rng-{rank}.safetensors")
+    tensorfile.save(run_path / PARTIAL / f"rng-{rank}.safetensors", rng_state())
 
 
-def write(run_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def write(run_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+          best: dict[str, torch.Tensor] | None = None) -> None:
     """Main process: complete the checkpoint in ``checkpoint.tmp`` and swap it into place."""
     tmp = run_path / PARTIAL
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding/head
+    tensorfile.save_module(tmp / "model.safetensors", model)
     tensors, rest = optimizer_tensors(optimizer.state_dict())
-    _save_tensors(tensors, tmp / "optimizer.safetensors")
+    tensorfile.save(tmp / "optimizer.safetensors", tensors)
+    if best is not None:
+        tensorfile.save(tmp / BEST, best)
     atomic_write(tmp / STATE, json.dumps({**state, "optimizer": rest}).encode())
     current, previous = run_path / CURRENT, run_path / PREVIOUS
     if current.exists():
@@ -83,24 +82,34 @@ def write(run_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
     shutil.rmtree(previous, ignore_errors=True)
 
 
+def candidates(run_path: Path) -> list[Path]:
+    """The complete checkpoints of a run, newest first (a folder without state.json is an
+    unfinished build and never loaded)."""
+    return [run_path / name for name in (CURRENT, PREVIOUS) if (run_path / name / STATE).exists()]
+
+
 def find(run_path: Path) -> Path | None:
     """The newest complete checkpoint of a run, or None."""
-    for name in (CURRENT, PREVIOUS):
-        if (run_path / name / STATE).exists():
-            return run_path / name
-    return None
+    found = candidates(run_path)
+    return found[0] if found else None
 
 
-def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> dict[str, Any]:
-    """Restore model, optimizer and this process's RNG; return the trainer state."""
-    state = json.loads((path / STATE).read_text())
-    load_model(model, str(path / "model.safetensors"))
-    rest = state.pop("optimizer")
-    optimizer.load_state_dict(optimizer_state(load_file(str(path / "optimizer.safetensors")), rest))
+def read(path: Path, rank: int) -> dict[str, Any]:
+    """Every part of a checkpoint, each file verified against its digest: ``model``,
+    ``optimizer`` (a state dict), ``rng`` (this process's, if saved), ``best`` (or None)
+    and the trainer's ``state``. CorruptFile naming the file if any part is damaged."""
+    try:
+        state = json.loads((path / STATE).read_text(encoding="utf-8"))
+        rest = state.pop("optimizer")
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise CorruptFile(f"{path / STATE}: unreadable ({exc})") from None
+    model, _ = tensorfile.load(path / "model.safetensors")
+    optimizer, _ = tensorfile.load(path / "optimizer.safetensors")
     rng = path / f"rng-{rank}.safetensors"
-    if rng.exists():
-        set_rng_state(load_file(str(rng)))
-    return state
+    best = path / BEST
+    return {"state": state, "model": model, "optimizer": optimizer_state(optimizer, rest),
+            "rng": tensorfile.load(rng)[0] if rng.exists() else None,
+            "best": tensorfile.load(best)[0] if best.exists() else None}
 
 
 def remove(run_path: Path) -> None:

@@ -42,9 +42,9 @@ def _result_line(summary: dict[str, Any], run_dir: Any) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from zoology import checkpoint, launch
+    from zoology import budget, checkpoint, launch
     from zoology.config import load_points
-    from zoology.runs import RunDir
+    from zoology.runs import RunDir, RunLocked, prepare_root
 
     runs = load_points(args.experiment, args.set)  # every run validated up front
     if args.only:
@@ -53,19 +53,30 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UserError(f"{args.experiment}: --only: no run {', '.join(unknown)} "
                             f"(runs: {', '.join(e.run_id for _, e in runs)})")
         runs = [(p, e) for p, e in runs if e.run_id in args.only]
+    if not args.force:
+        for _, exp in runs:
+            budget.check(exp, str(args.experiment))
     if args.dry_run:
         rows = [[e.run_id, RunDir(args.out, e.name, e.run_id).status() or "-",
                  " ".join(f"{k}={v}" for k, v in p.labels.items())] for p, e in runs]
         print(format_table(["run", "status", "varied values"], rows))
         print(f"{len(runs)} runs, all valid; nothing trained (--dry-run)")
         return EXIT_OK
+    prepare_root(args.out)
     run_dirs = [RunDir(args.out, exp.name, exp.run_id) for _, exp in runs]
     if args.resume and not any(checkpoint.find(d.path) for d in run_dirs):
         raise UserError(f"{args.experiment}: --resume: no checkpoint under {args.out} to resume from")
     todo = []
     for (point, exp), run_dir in zip(runs, run_dirs):
         if args.rerun:
-            checkpoint.remove(run_dir.path)
+            try:
+                with run_dir.lock():  # never delete what another process is writing
+                    checkpoint.remove(run_dir.path)
+            except RunLocked as exc:
+                if len(runs) == 1:
+                    raise
+                print(f"{exp.name}/{exp.run_id}: skipped: {exc}")
+                continue
         elif run_dir.status() == "done":
             print(f"{exp.name}/{exp.run_id}: already done, skipped (--rerun to train again) → {run_dir}")
             continue
@@ -102,10 +113,13 @@ def _is_main() -> bool:
 def cmd_validate(args: argparse.Namespace) -> int:
     import torch
 
+    from zoology import budget
     from zoology.config import load_experiments
     from zoology.model import LanguageModel
 
     for exp in load_experiments(args.experiment, args.set):
+        if not args.force:
+            budget.check(exp, str(args.experiment))
         with torch.device("meta"):
             model = LanguageModel(exp)
         print(f"{exp.name}/{exp.run_id}: ok · {model.num_parameters():,} parameters · state size "
@@ -255,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue interrupted runs from their checkpoints (the default; errors if there is none)")
     p.add_argument("--dry-run", action="store_true", help="list and validate every run; train nothing")
+    p.add_argument("--force", action="store_true", help="run even where the memory estimate exceeds what is available")
     p.add_argument("--only", action="append", metavar="RUN_ID", help="run only this sweep point (repeatable)")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="N local worker processes, one per run (GPUs or CPU cores shared out)")
@@ -266,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="load an experiment and build its model, train nothing")
     experiment_args(p)
+    p.add_argument("--force", action="store_true", help="build the model even where the memory estimate "
+                                                         "exceeds what is available")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("plugins", help="installed plugins and what they register")

@@ -23,12 +23,13 @@ import tomli_w
 from cattrs.errors import AttributeValidationNote, ForbiddenExtraKeysError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn
 
-from zoology.errors import ConfigError, FieldError, UserError
+from zoology.errors import MAX_SHOWN, ConfigError, FieldError, UserError
 from zoology.metrics import parse as parse_metric
 from zoology.metrics import reported as reported_metrics
 from zoology.mixer_context import CONTEXT_ARGS, MixerContext, build_mixer
 from zoology.paths import assign, drop_none
 from zoology.plugins import Registry, UnknownComponent, get_registry
+from zoology.runs import SAFE_NAME, safe_name
 from zoology.sweep import MAX_REPLICATES, Point, expand
 from zoology.tasks.base import Task, at_least, between
 
@@ -127,7 +128,8 @@ class TrainConfig:
     learning_rate: float = attrs.field(default=1e-3, validator=between(0.0, 10.0))
     weight_decay: float = attrs.field(default=0.1, validator=at_least(0.0))
     warmup_steps: int = attrs.field(default=0, validator=at_least(0))
-    max_grad_norm: float | None = None
+    # clip the gradient norm to this (0 or absent: no clipping)
+    max_grad_norm: float | None = attrs.field(default=None, validator=attrs.validators.optional(at_least(0.0)))
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_accumulation_steps: int = attrs.field(default=1, validator=at_least(1))
     seed: int = attrs.field(default=0, validator=between(0, SEED_MAX))
@@ -155,14 +157,22 @@ class LoggingConfig:
     wandb: WandbConfig | None = None
 
 
+def _path_component(inst: Any, attribute: attrs.Attribute, value: str) -> None:
+    """Experiment names and run ids become folders under --out (see ``runs.SAFE_NAME``)."""
+    if not SAFE_NAME.fullmatch(value):
+        raise FieldError(attribute.name, f"must be 1-200 letters, digits or ._+=- not starting with a dot "
+                                         f"(it names a folder under --out), got {value!r}")
+
+
 @attrs.frozen
 class Experiment:
     data: DataConfig
     model: ModelConfig
     train: TrainConfig = attrs.Factory(TrainConfig)
     logging: LoggingConfig = attrs.Factory(LoggingConfig)
-    name: str = "experiment"
-    run_id: str = "default"
+    # path components of the run directory: checked to be safe names
+    name: str = attrs.field(default="experiment", validator=_path_component)
+    run_id: str = attrs.field(default="default", validator=_path_component)
 
     @property
     def vocab_size(self) -> int:
@@ -311,8 +321,8 @@ def flatten_errors(exc: BaseException, path: str = "") -> Iterator[tuple[str, st
             yield from flatten_errors(sub, sub_path)
     elif isinstance(exc, ForbiddenExtraKeysError):
         allowed = _allowed(exc.cl)
-        for key in sorted(exc.extra_fields):
-            close = difflib.get_close_matches(key, allowed, n=1)
+        for n, key in enumerate(sorted(exc.extra_fields)):
+            close = difflib.get_close_matches(key, allowed, n=1) if n < MAX_SHOWN else None  # only those shown
             hint = f"did you mean {close[0]!r}? " if close else ""
             yield _join(path, key), f"unknown key; {hint}allowed: {', '.join(allowed)}"
     elif isinstance(exc, KeyError):
@@ -332,22 +342,41 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_toml(text, str(path))
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """TOML text → dict; syntax errors (and nesting deeper than the parser allows) are
+    ConfigErrors naming ``source``."""
     try:
         return tomli.loads(text)
     except tomli.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [("", f"TOML syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}")]) from None
+        raise ConfigError(source, [("", f"TOML syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}")]) from None
+    except RecursionError:
+        raise ConfigError(source, [("", "TOML nested too deeply to read")]) from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``key.path=value`` with the value in TOML syntax (a bare word is taken as a string)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise UserError(f"--set {text!r}: expected KEY.PATH=VALUE")
+        raise UserError(f"--set {_short(text)}: expected KEY.PATH=VALUE")
+    if key.count(".") >= MAX_KEY_PARTS:
+        raise UserError(f"--set {_short(text)}: a key path of at most {MAX_KEY_PARTS} parts, got {key.count('.') + 1}")
     try:
         value = tomli.loads(f"v = {raw.strip()}")["v"]
     except tomli.TOMLDecodeError:
         value = raw.strip()
+    except RecursionError:
+        raise UserError(f"--set {_short(text)}: the value is nested too deeply") from None
     return key.strip(), value
+
+
+MAX_KEY_PARTS = 64
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def structure_experiment(raw: dict[str, Any], source: str, registry: Registry | None = None) -> Experiment:
@@ -415,10 +444,11 @@ def load_points(
 ) -> list[tuple[Point, Experiment]]:
     """Every run a TOML file describes, validated up front: the sweep point it comes from
     (its varied values and labels) and its experiment."""
+    registry = registry or get_registry()  # a plugin failure (strict mode) is reported once, as such
     raw = read_toml(path)
     for text in overrides:
         assign(raw, *parse_override(text))
-    raw.setdefault("name", Path(path).stem)
+    raw.setdefault("name", safe_name(Path(path).stem))
     runs, problems = [], []
     for point in expand(raw, str(path)):
         try:

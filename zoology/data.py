@@ -87,9 +87,9 @@ def export_splits(exp: Experiment, out: str | Path) -> list[Path]:
     import json
 
     import tomli_w
-    from safetensors.torch import save
 
     import zoology
+    from zoology import tensorfile
     from zoology.cache import describe
     from zoology.config import to_dict
     from zoology.errors import UserError
@@ -120,7 +120,7 @@ def export_splits(exp: Experiment, out: str | Path) -> list[Path]:
                 "segments": json.dumps(segments, default=str)}
         tensors = {"inputs": split.inputs.contiguous(), "labels": split.labels.contiguous(),
                    "segment": split.segment.contiguous()}
-        atomic_write(out / file, save(tensors, metadata=meta))
+        tensorfile.save(out / file, tensors, meta)
         written.append(out / file)
         info["splits"][name] = {"file": file, "num_examples": len(split), "seq_len": int(split.inputs.shape[1]),
                                 "segments": segments}

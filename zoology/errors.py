@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+MAX_SHOWN = 50  # problems printed per file; the rest are counted
+
 
 class UserError(Exception):
     """Bad input: a missing file, an invalid experiment, an unknown component."""
@@ -22,5 +24,7 @@ class ConfigError(UserError):
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {path}: {msg}" if path else f"{source}: {msg}" for path, msg in problems]
+        lines = [f"{source}: {path}: {msg}" if path else f"{source}: {msg}" for path, msg in problems[:MAX_SHOWN]]
+        if len(problems) > MAX_SHOWN:
+            lines.append(f"{source}: … and {len(problems) - MAX_SHOWN} more")
         super().__init__("\n".join(lines))

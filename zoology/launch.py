@@ -8,17 +8,19 @@ one starts.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoology.errors import UserError
-from zoology.runs import SUMMARY, RunDir
+from zoology.runs import SUMMARY, RunDir, RunLocked
 
 if TYPE_CHECKING:
     from zoology.config import Experiment
@@ -53,13 +55,49 @@ def record_failure(run_dir: RunDir, experiment: str, run_id: str, error: str) ->
     return summary
 
 
-def record_exit(run_dir: RunDir, run_id: str, experiment: str, code: int) -> dict[str, Any]:
-    """The worker's summary; if it died without writing a final one, a failed one."""
+FINAL = ("failed", "done", "diverged")
+
+
+def record_exit(run_dir: RunDir, run_id: str, experiment: str, code: int,
+                interrupted: bool = False) -> dict[str, Any]:
+    """The worker's summary; if it ended without writing a final one, a failed one (or,
+    when we stopped it, an interrupted one that a rerun resumes). Nothing is written while
+    another process holds the run's lock: that run is reported skipped."""
     summary = run_dir.read_json(SUMMARY) or {}
-    if code != 0 and summary.get("status") not in ("failed", "done", "diverged"):
-        how = f"killed by signal {-code}" if code < 0 else f"worker exited with code {code}"
-        summary = record_failure(run_dir, experiment, run_id, f"{how} (see worker.log)")
+    if code == 0 or summary.get("status") in FINAL:
+        return summary
+    try:
+        with run_dir.lock():
+            if interrupted:
+                summary = {**summary, "status": "interrupted", "experiment": experiment, "run_id": run_id}
+                run_dir.write_json(SUMMARY, summary)
+            else:
+                how = f"killed by signal {-code}" if code < 0 else f"worker exited with code {code}"
+                summary = record_failure(run_dir, experiment, run_id, f"{how} (see worker.log)")
+    except RunLocked as exc:
+        summary = {"status": "skipped", "experiment": experiment, "run_id": run_id, "error": str(exc)}
     return summary
+
+
+class Stopped(Exception):
+    """SIGTERM reached the parent of the workers."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Stopped` while workers run (SIGINT is KeyboardInterrupt)."""
+    def handler(signum: int, frame: Any) -> None:
+        raise Stopped
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_inline(jobs: list[tuple[Point, Experiment, RunDir]], quiet: bool, report: Report) -> int:
@@ -70,6 +108,11 @@ def run_inline(jobs: list[tuple[Point, Experiment, RunDir]], quiet: bool, report
     for point, exp, run_dir in jobs:
         try:
             summary = train(exp, run_dir, quiet=quiet, point=point)
+        except RunLocked as exc:
+            if len(jobs) == 1:
+                raise
+            print(f"{exp.name}/{exp.run_id}: skipped: {exc}", flush=True)
+            continue
         except (UserError, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -84,6 +127,26 @@ def run_local(jobs: list[tuple[RunDir, list[str], str]], parallel: int, report: 
     """Run each (run dir, command, experiment name) in a worker process, ``parallel`` at a time."""
     pending = list(jobs)
     running: dict[int, tuple[subprocess.Popen, RunDir, str, Any]] = {}
+    try:
+        with stop_on_sigterm():
+            return _supervise(pending, running, parallel, report)
+    except (KeyboardInterrupt, Stopped) as exc:  # stop the workers, wait for them, record
+        sig = signal.SIGTERM if isinstance(exc, Stopped) else signal.SIGINT
+        for proc, *_ in running.values():
+            proc.send_signal(sig)
+        for proc, run_dir, name, log in running.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+            report(record_exit(run_dir, run_dir.path.name, name, proc.returncode or -sig, interrupted=True), run_dir)
+        raise KeyboardInterrupt from None
+
+
+def _supervise(pending: list[tuple[RunDir, list[str], str]], running: dict[int, Any], parallel: int,
+               report: Report) -> int:
     failed = 0
     while pending or running:
         for slot in range(parallel):
@@ -131,18 +194,30 @@ def run_ray(jobs: list[tuple[RunDir, list[str], str]], address: str | None, cpus
             futures[execute.remote(cmd, str(run_dir.path / "worker.log"))] = (run_dir, name)
         failed = 0
         remaining = list(futures)
-        while remaining:
-            done, remaining = ray.wait(remaining, num_returns=1)
-            run_dir, name = futures[done[0]]
-            try:
-                code = ray.get(done[0])
-            except Exception as exc:  # the task itself died (node lost, OOM-killed worker)
-                code = 1
-                run_dir.write_text("ray.log", f"{type(exc).__name__}: {exc}\n")
-            summary = record_exit(run_dir, run_dir.path.name, name, code)
-            failed += summary.get("status") == "failed"
-            report(summary, run_dir)
+        try:
+            with stop_on_sigterm():
+                while remaining:
+                    done, remaining = ray.wait(remaining, num_returns=1)
+                    failed += _collect(ray, done[0], *futures[done[0]], report)
+        except (KeyboardInterrupt, Stopped):  # cancel what is left; a rerun resumes it
+            for future in remaining:
+                ray.cancel(future, force=True)
+                run_dir, name = futures[future]
+                report(record_exit(run_dir, run_dir.path.name, name, -signal.SIGINT, interrupted=True), run_dir)
+            raise KeyboardInterrupt from None
         return failed
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _collect(ray: Any, future: Any, run_dir: RunDir, name: str, report: Report) -> int:
+    """Record one finished Ray task; 1 if its run failed."""
+    try:
+        code = ray.get(future)
+    except Exception as exc:  # the task itself died (node lost, OOM-killed worker)
+        code = 1
+        run_dir.write_text("ray.log", f"{type(exc).__name__}: {exc}\n")
+    summary = record_exit(run_dir, run_dir.path.name, name, code)
+    report(summary, run_dir)
+    return int(summary.get("status") == "failed")

@@ -87,8 +87,8 @@ class Run:
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         return tomli.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomli.TOMLDecodeError):
-        return {}
+    except (OSError, UnicodeDecodeError, tomli.TOMLDecodeError, RecursionError):
+        return {}  # an unreadable config: the run is listed without its keys
 
 
 def find_runs(root: str | Path) -> list[Run]:

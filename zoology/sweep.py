@@ -11,19 +11,22 @@
     "data.*.num_kv_pairs" = [4, 16]
 
 Keys are dotted paths; a number selects an array item (``data.train.0.num_kv_pairs``) and
-``*`` every item (``data.*.input_seq_len``: every train and test segment).
+``*`` every item (``data.*.input_seq_len``: every train and test segment). Run ids are
+folder names: characters other than letters, digits and ``._+=-`` become ``_``.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import math
 from typing import Any
 
 import attrs
 
 from zoology.errors import ConfigError, UserError
 from zoology.paths import assign
+from zoology.runs import safe_name
 
 MAX_REPLICATES = 1000  # more is a typo, not an experiment (train.replicates is checked against it)
 
@@ -58,6 +61,8 @@ def fmt(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
         if value != 0 and (abs(value) < 0.01 or abs(value) >= 1e4):
             mantissa, exp = f"{value:.2e}".split("e")
             return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
@@ -131,7 +136,7 @@ def expand(raw: dict[str, Any], source: str) -> list[Point]:
                 except UserError as exc:
                     raise ConfigError(source, [(f"sweep.{key}", str(exc))]) from None
             labels.append(_label(axis.keys[0], step[0]))
-        points.append(Point(run, "-".join(labels), values, {k: fmt(v) for k, v in values.items()}))
+        points.append(Point(run, safe_name("-".join(labels)), values, {k: fmt(v) for k, v in values.items()}))
     _unique_ids(points)
     for p in points:
         p.raw["run_id"] = p.run_id
@@ -165,7 +170,7 @@ def _unique_ids(points: list[Point]) -> None:
     if len(set(ids)) == len(ids):
         return
     for i, p in enumerate(points):
-        full = "-".join(_label(k, v) for k, v in p.values.items())
+        full = safe_name("-".join(_label(k, v) for k, v in p.values.items()))
         object.__setattr__(points[i], "run_id", full)
     ids = [p.run_id for p in points]
     for i, p in enumerate(points):

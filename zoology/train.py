@@ -7,10 +7,14 @@ Only the main process prints, writes the run directory and talks to wandb.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import math
+import os
 import platform
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -18,11 +22,10 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from zoology import checkpoint
+from zoology import checkpoint, tensorfile
 from zoology.config import Experiment, dump_experiment
 from zoology.data import Split, build_splits, loader
 from zoology.errors import UserError
@@ -32,6 +35,7 @@ from zoology.model import LanguageModel
 from zoology.runs import CONFIG, METRICS, SUMMARY, RunDir
 from zoology.sweep import Point
 from zoology.tasks.base import IGNORE_INDEX
+from zoology.tensorfile import CorruptFile
 from zoology.tracking import Tracker
 
 
@@ -211,6 +215,9 @@ class Trainer:
         )
         # progress: what a checkpoint saves and restores
         self.step, self.train_time, self.first_epoch = 0, 0.0, 1
+        self.attempts: list[dict[str, Any]] = []  # earlier attempts at this run (killed, failed)
+        self.elapsed = 0.0  # wall seconds of the earlier attempts, each up to its last checkpoint
+        self.attempt_start = _now()
         self.best_value: float | None = None
         self.best_record: dict[str, Any] = {}
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -219,21 +226,31 @@ class Trainer:
     # -- the three steps -------------------------------------------------------------------
 
     def restore(self) -> None:
-        """Continue from the run directory's checkpoint, or start the run directory afresh."""
-        run_dir, found = self.run_dir, self.found
-        if found is not None:
-            state = checkpoint.load(found, self.acc.unwrap_model(self.model), self.optimizer, self.acc.process_index)
+        """Continue from the run directory's newest checkpoint whose files verify (falling
+        back to the previous one), or start the run directory afresh."""
+        run_dir = self.run_dir
+        if self.found is not None:
+            ckpt = self._read_checkpoint()
+            state = ckpt["state"]
+            self.acc.unwrap_model(self.model).load_state_dict(ckpt["model"], strict=True)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt["rng"] is not None:
+                checkpoint.set_rng_state(ckpt["rng"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.step, self.train_time, self.first_epoch = state["step"], state["train_time"], state["epoch"] + 1
-            self.best_value, self.best_record = state["best_value"], state["best_record"]
-            best_file = found / "best.safetensors"
-            self.best_state = load_file(str(best_file)) if best_file.exists() else None
+            self.best_value, self.best_record, self.best_state = state["best_value"], state["best_record"], ckpt["best"]
+            self.last_metrics = state.get("last_metrics", {})
+            # the attempt the checkpoint came from ended (as far as anything was kept) at its save
+            self.attempts = [*state.get("attempts", []), {
+                "start": state.get("attempt_start"), "end": state.get("saved_at"),
+                "epochs": [state.get("attempt_first_epoch"), state["epoch"]], "ended": "interrupted"}]
+            self.elapsed = state.get("elapsed_s", 0.0)
             self.summary["resumed_from_epoch"] = state["epoch"]
             if self.main:
                 run_dir.write_text(METRICS, "".join(json.dumps(r) + "\n" for r in run_dir.metrics()
                                                     if r["epoch"] <= state["epoch"]))
                 if not self.quiet:
-                    print(f"{self.exp.name}/{self.exp.run_id}: resuming after epoch {state['epoch']} from {found}")
+                    print(f"{self.exp.name}/{self.exp.run_id}: resuming after epoch {state['epoch']}")
         elif self.main:
             run_dir.write_text(CONFIG, self.resolved)
             run_dir.reset_metrics()
@@ -246,6 +263,19 @@ class Trainer:
             seeds={"init_and_order": self.exp.train_seed, **{k: s.seeds for k, s in self.splits.items()}},
             versions=versions(),
         )
+
+    def _read_checkpoint(self) -> dict[str, Any]:
+        """The newest checkpoint whose every file verifies; UserError if none does."""
+        problems = []
+        for path in checkpoint.candidates(self.run_dir.path):
+            try:
+                return checkpoint.read(path, self.acc.process_index)
+            except CorruptFile as exc:
+                problems.append(str(exc))
+                if self.main:
+                    warnings.warn(f"{exc}; trying the previous checkpoint", RuntimeWarning, stacklevel=2)
+        raise UserError(f"{self.run_dir}: no usable checkpoint ({'; '.join(problems)}); "
+                        "`zoology run --rerun` starts this run over")
 
     def run_epoch(self, epoch: int) -> dict[str, Any] | None:
         """Train one epoch, evaluate, record; the epoch's record, or None if it diverged."""
@@ -305,11 +335,11 @@ class Trainer:
             acc.unwrap_model(model).load_state_dict(self.best_state)
             self.summary["test"] = evaluate(model, self.test_loader, self.splits["test"], acc, "test")
             if self.main:
-                from safetensors.torch import save_model
-
-                save_model(acc.unwrap_model(model), str(self.run_dir.path / "model.safetensors"),
-                           metadata={"experiment": exp.name, "run_id": exp.run_id, "epoch": str(best["epoch"])})
-        self.summary["wall_time_s"] = round(time.time() - self.start, 2)
+                tensorfile.save_module(self.run_dir.path / "model.safetensors", acc.unwrap_model(model),
+                                   {"experiment": exp.name, "run_id": exp.run_id, "epoch": str(best["epoch"])})
+        self.summary["wall_time_s"] = round(self.elapsed + time.time() - self.start, 2)
+        self.summary["attempts"] = [*self.attempts, {"start": self.attempt_start, "end": _now(),
+                                                     "epochs": [self.first_epoch, epoch], "ended": status}]
         if self.main:
             self.run_dir.write_json(SUMMARY, self.summary)
             self.tracker.finish(self.summary)
@@ -344,19 +374,26 @@ class Trainer:
         checkpoint.write_rng(path, acc.process_index)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            if self.best_state is not None:
-                save_file({k: v.contiguous() for k, v in self.best_state.items()},
-                          str(path / checkpoint.PARTIAL / "best.safetensors"))
             checkpoint.write(path, acc.unwrap_model(self.model), self.optimizer, {
                 "epoch": epoch, "step": self.step, "train_time": self.train_time,
                 "scheduler": self.scheduler.state_dict(), "best_value": self.best_value,
-                "best_record": self.best_record})
+                "best_record": self.best_record, "last_metrics": self.last_metrics,
+                "attempts": self.attempts, "attempt_start": self.attempt_start,
+                "attempt_first_epoch": self.first_epoch, "saved_at": _now(),
+                "elapsed_s": self.elapsed + time.time() - self.start}, self.best_state)
         acc.wait_for_everyone()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def train(exp: Experiment, run_dir: RunDir, quiet: bool = False, point: Point | None = None) -> dict[str, Any]:
     """Run ``exp`` to the end and return its summary (also written to ``summary.json``).
 
     Resumes from the run directory's checkpoint when there is one for the same experiment;
-    ``point`` (the sweep point the run came from) is recorded in the summary."""
-    return Trainer(exp, run_dir, quiet, point).fit()
+    ``point`` (the sweep point the run came from) is recorded in the summary. The main
+    process holds the run directory's lock throughout (RunLocked if another holds it)."""
+    main = int(os.environ.get("RANK", "0")) == 0  # set by torchrun / accelerate launch
+    with run_dir.lock() if main else contextlib.nullcontext():
+        return Trainer(exp, run_dir, quiet, point).fit()
