@@ -92,11 +92,15 @@ def estimate(exp: Experiment) -> Estimate:
     model_key = ("model.n_layers" if params - embed > embed and m.n_layers > 64 else
                  "model.vocab_size" if embed * 2 > params else "model.d_model")
     tokens = exp.data.batch_size * exp.max_seq_len
+    longest = max(((split, i, t) for split in ("train", "test") for i, t in enumerate(getattr(exp.data, split))),
+                  key=lambda x: x[2].input_seq_len)
+    step_key = ("model.n_layers" if m.n_layers > 64 else
+                f"data.{longest[0]}[{longest[1]}].input_seq_len" if exp.max_seq_len > exp.data.batch_size
+                else "data.batch_size")
     return Estimate({
         "data": _data(exp),
         "model and optimizer": (params * 16, model_key),
-        "activations": (tokens * m.d_model * m.n_layers * ACTIVATION_FLOATS * 4,
-                        "model.n_layers" if m.n_layers > 64 else "data.batch_size"),
+        "activations": (tokens * m.d_model * m.n_layers * ACTIVATION_FLOATS * 4, step_key),
         "logits": (tokens * vocab * 4 * 2, "model.vocab_size"),
     })
 

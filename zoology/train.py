@@ -267,13 +267,15 @@ class Trainer:
     def _read_checkpoint(self) -> dict[str, Any]:
         """The newest checkpoint whose every file verifies; UserError if none does."""
         problems = []
-        for path in checkpoint.candidates(self.run_dir.path):
+        found = checkpoint.candidates(self.run_dir.path)
+        for i, path in enumerate(found):
             try:
                 return checkpoint.read(path, self.acc.process_index)
             except CorruptFile as exc:
                 problems.append(str(exc))
-                if self.main:
-                    warnings.warn(f"{exc}; trying the previous checkpoint", RuntimeWarning, stacklevel=2)
+                if self.main and i + 1 < len(found):
+                    warnings.warn(f"{exc}; falling back to the previous checkpoint, {found[i + 1].name}",
+                                  RuntimeWarning, stacklevel=2)
         raise UserError(f"{self.run_dir}: no usable checkpoint ({'; '.join(problems)}); "
                         "`zoology run --rerun` starts this run over")
 
