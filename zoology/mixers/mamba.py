@@ -8,6 +8,10 @@ input/output maps B_t, C_t depend on the token, so the model chooses what to sto
     Mamba-2:  the same with a scalar A per head (state [headdim, d_state]), which makes the
               recurrence a decayed linear attention (q = C, k = B, v = Δ·x): chunked, matmul-heavy.
 
+Mamba's decay differs per (channel, state) entry, so any exact form touches d_inner · d_state
+numbers per position; training runs the scan itself (:func:`selective_scan`) with a
+hand-written backward that recomputes states block by block instead of storing them.
+
 Both wrap the SSM in: in_proj → causal depthwise conv + SiLU → SSM → gate with SiLU(z) → out_proj.
 """
 
@@ -30,6 +34,109 @@ def _check_common(d_state: int, d_conv: int, expand: int) -> None:
         raise FieldError("d_conv", f"must be >= 1, got {d_conv}")
     if expand < 1:
         raise FieldError("expand", f"must be >= 1, got {expand}")
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """Mamba's scan with a hand-written backward that never stores a [B, L, Di, N] tensor.
+
+    Autograd through the step-by-step scan keeps every state h_t, every decay and every input
+    term: several [B, L, Di, N] tensors (N times the activations), and on CPU writing that
+    much fresh memory costs more than the arithmetic. Here the sequence runs in blocks of T
+    positions; forward keeps only the state at each block's start, and backward redoes one
+    block at a time from there (blocks in reverse), in buffers of [T, B, Di, N].
+
+    With a_t = exp(Δ_t A), h_t = a_t ⊙ h_{t-1} + (Δ_t x_t) B_t and y_t = Σ_n C_tn h_t, the
+    gradient g_t of the loss with respect to h_t is C_t gy_t + a_{t+1} ⊙ g_{t+1} (a reverse
+    scan), and then
+        gC_t = Σ_d gy_td h_t,   gB_t = Σ_d g_t (Δ_t x_t),   g(Δx)_t = Σ_n g_t B_t,
+        with u_t = g_t ⊙ a_t ⊙ h_{t-1}:   gΔ_t += Σ_n u_t A,   gA = Σ_{b,t} u_t Δ_t.
+    """
+
+    @staticmethod
+    def _block(dt, A, x, B, h0, a, hs):
+        """One block, time-major: dt, x [T, B, Di]; B [T, B, N]; h0 [B, Di, N]. Fills the buffers
+        a [T, B, Di, N] with the decays and hs [T+1, B, Di, N] with the states (hs[0] = h0)."""
+        torch.mul(dt.unsqueeze(-1), A, out=a).exp_()
+        hs[0] = h0
+        torch.mul((dt * x).unsqueeze(-1), B.unsqueeze(2), out=hs[1:])  # input terms, overwritten by the states
+        for t in range(a.shape[0]):
+            hs[t + 1].addcmul_(a[t], hs[t])  # h_t = a_t ⊙ h_{t-1} + (Δ_t x_t) B_t
+
+    @staticmethod
+    def _buffers(x, A, block):
+        """Decays a [T, B, Di, N], states hs [T+1, B, Di, N] and a scratch [T, B, Di, N], reused by every block."""
+        b, di, n = x.shape[1], x.shape[2], A.shape[1]
+        return x.new_empty(block, b, di, n), x.new_empty(block + 1, b, di, n), x.new_empty(block, b, di, n)
+
+    @staticmethod
+    def forward(ctx, dt, A, x, B, C, block):
+        # dt, x: [B, L, Di]; A: [Di, N]; B, C: [B, L, N] → y [B, L, Di]
+        dt, x, B, C = (t.transpose(0, 1).contiguous() for t in (dt, x, B, C))  # time-major: [L, B, *]
+        L = x.shape[0]
+        a_buf, h_buf, tmp_buf = _SelectiveScan._buffers(x, A, block)
+        y, starts = x.new_empty(x.shape), []
+        h = h_buf[0].zero_()
+        for s in range(0, L, block):
+            sl = slice(s, s + block)
+            t = min(block, L - s)
+            starts.append(h.clone())
+            a, hs, tmp = a_buf[:t], h_buf[: t + 1], tmp_buf[:t]
+            _SelectiveScan._block(dt[sl], A, x[sl], B[sl], starts[-1], a, hs)
+            torch.sum(torch.mul(hs[1:], C[sl].unsqueeze(2), out=tmp), -1, out=y[sl])  # y_t = Σ_n C_tn h_t
+            h = hs[-1]
+        ctx.save_for_backward(dt, A, x, B, C, torch.stack(starts))
+        ctx.block = block
+        return y.transpose(0, 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        dt, A, x, B, C, starts = ctx.saved_tensors
+        gy = gy.transpose(0, 1).contiguous()  # [L, B, Di]
+        L, b, di = x.shape
+        n = A.shape[1]
+        g_dt, g_x, g_B, g_C = (torch.empty_like(t) for t in (dt, x, B, C))
+        g_A = torch.zeros_like(A)
+        a_buf, h_buf, tmp_buf = _SelectiveScan._buffers(x, A, ctx.block)
+        g_buf = torch.empty_like(a_buf)
+        g_h = x.new_zeros(b, di, n)  # gradient w.r.t. the state at the end of the block, from later blocks
+        for i in reversed(range(starts.shape[0])):
+            sl = slice(i * ctx.block, (i + 1) * ctx.block)
+            t = min(ctx.block, L - i * ctx.block)
+            a, hs, tmp, g = a_buf[:t], h_buf[: t + 1], tmp_buf[:t], g_buf[:t]
+            _SelectiveScan._block(dt[sl], A, x[sl], B[sl], starts[i], a, hs)
+            torch.mul(gy[sl].unsqueeze(-1), C[sl].unsqueeze(2), out=g)  # C_t gy_t
+            g[-1] += g_h
+            for j in reversed(range(t - 1)):
+                g[j].addcmul_(a[j + 1], g[j + 1])  # g_t = C_t gy_t + a_{t+1} ⊙ g_{t+1}
+            g_h = a[0] * g[0]
+            flat = (t * b, di, n)
+            g_C[sl] = (gy[sl].view(t * b, 1, di) @ hs[1:].view(flat)).view(t, b, n)
+            dtx = dt[sl] * x[sl]
+            g_B[sl] = (dtx.view(t * b, 1, di) @ g.view(flat)).view(t, b, n)
+            g_dtx = torch.mul(g, B[sl].unsqueeze(2), out=tmp).sum(-1)  # [T, B, Di]
+            u = g.mul_(a).mul_(hs[:-1])  # g_t ⊙ a_t ⊙ h_{t-1}: the gradient w.r.t. Δ_t A
+            g_A += torch.mul(u, dt[sl].unsqueeze(-1), out=tmp).sum((0, 1))
+            g_dt[sl] = g_dtx * x[sl] + u.mul_(A).sum(-1)
+            g_x[sl] = g_dtx * dt[sl]
+        g_dt, g_x, g_B, g_C = (t.transpose(0, 1) for t in (g_dt, g_x, g_B, g_C))
+        return g_dt, g_A, g_x, g_B, g_C, None
+
+
+def selective_scan(dt: torch.Tensor, A: torch.Tensor, x: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   block_elements: int = 2**20) -> torch.Tensor:
+    """y_t = Σ_n C_tn h_t[:, n] with h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t x_t) B_t, h_0 = 0.
+
+    dt (Δ), x: [B, L, Di]; A: [Di, N]; B, C: [B, L, N] → y [B, L, Di]. Blocks of T positions
+    with T·B·Di·N ≈ block_elements (see :class:`_SelectiveScan`); computed in float32 at least.
+    """
+    dtype = x.dtype
+    wide = torch.promote_types(dtype, torch.float32)
+    b, l, di = x.shape
+    block = max(1, min(l, block_elements // (b * di * A.shape[1])))
+    with torch.autocast(x.device.type, enabled=False):
+        y = _SelectiveScan.apply(*(t.to(wide) for t in (dt, A, x, B, C)), block)
+    return y.to(dtype)
 
 
 class Mamba(nn.Module):
@@ -98,21 +205,16 @@ class Mamba(nn.Module):
         inp = (dt * x).unsqueeze(-1) * B.unsqueeze(2)
         return decay, inp, C
 
-    def _scan(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The selective scan, one position at a time (linear in length; as mamba_ssm's reference).
-        x [B, L, Di] → y [B, L, Di], final h [B, Di, N]."""
-        decay, inp, C = self._ssm_inputs(x)
-        h = x.new_zeros(x.shape[0], self.d_inner, self.d_state)
-        hs = []
-        for decay_t, inp_t in zip(decay.unbind(1), inp.unbind(1)):  # unbind: a linear-time backward
-            h = decay_t * h + inp_t
-            hs.append(h)
-        y = torch.einsum("bldn,bln->bld", torch.stack(hs, dim=1), C)
-        return y + x * self.D, h
+    def _scan(self, x: torch.Tensor) -> torch.Tensor:
+        """The selective scan over the whole sequence (:func:`selective_scan`). x [B, L, Di] → y [B, L, Di]."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt))  # [B, L, Di]
+        A = -self.A_log.float().exp()  # [Di, N]
+        return selective_scan(dt, A, x, B, C) + x * self.D
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(u).chunk(2, dim=-1)  # [B, L, Di] each
-        y, _ = self._scan(self.conv(x))
+        y = self._scan(self.conv(x))
         return self.out_proj(y * F.silu(z))
 
     def recurrent(self, u: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
