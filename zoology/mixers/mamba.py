@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._ops import HeadRMSNorm, ShortConvolution, chunk_linear_attention, dt_bias_init
+from zoology.mixers._ops import HeadRMSNorm, ShortConvolution, dt_bias_init, pad_to_multiple
 
 
 def _check_common(d_state: int, d_conv: int, expand: int) -> None:
@@ -237,6 +237,51 @@ class Mamba(nn.Module):
         return self.d_inner * self.d_state + (self.d_conv - 1) * self.d_inner
 
 
+def ssd_chunked(v: torch.Tensor, log_decay: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                chunk_size: int = 64) -> torch.Tensor:
+    """Mamba-2's SSD, chunked: per head h_t = e^{log_decay_t} h_{t-1} + B_t v_tᵀ ([N, P]), y_t = h_tᵀ C_t.
+
+    v (Δ·x): [b, L, H, P]; log_decay (Δ·A ≤ 0): [b, L, H]; B, C: [b, L, G, N], shared by the
+    H/G heads of each group → y [b, L, H, P].
+
+    As ``_ops.chunk_linear_attention`` with q = C, k = B, but B and C are never copied per
+    head: the heads' decays are scalars per position, so they go on v (into the state) and on
+    the outputs (out of it), and the heads of a group share every product with B or C:
+    C_t·B_j once per group in a chunk, one [N, C] × [C, (H/G)·P] product per chunk for the
+    states, one [C, N] × [N, (H/G)·P] for what they give the next chunk. Decays are exp() of
+    differences of cumulative log decays with j ≤ t, so every factor is ≤ 1.
+    """
+    b, l, H, P = v.shape
+    G, N = B.shape[2:]
+    hg, c = H // G, chunk_size
+    v, log_decay, B, C = (pad_to_multiple(t, c, 1) for t in (v, log_decay, B, C))  # padding: decay 1, no input
+    n = v.shape[1] // c
+    Bc, Cc = (t.view(b, n, c, G, N).transpose(2, 3) for t in (B, C))  # [b, n, G, c, N]
+    V = v.view(b, n, c, G, hg, P).permute(0, 1, 3, 4, 2, 5)  # [b, n, G, hg, c, P]
+    g = log_decay.to(torch.promote_types(log_decay.dtype, torch.float32))
+    Gc = g.view(b, n, c, G, hg).permute(0, 1, 3, 4, 2).cumsum(-1)  # [b, n, G, hg, c]: through position t
+    # within a chunk: y_t = Σ_{j≤t} (C_t·B_j) e^{G_t - G_j} v_j
+    causal = torch.ones(c, c, dtype=torch.bool, device=v.device).tril()
+    decay = (Gc.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # [b, n, G, hg, c, c]
+    CB = Cc @ Bc.transpose(-1, -2)  # [b, n, G, c, c], one per group
+    y = (CB.unsqueeze(3) * decay.to(CB.dtype)) @ V  # [b, n, G, hg, c, P]
+    # each chunk's own part of the state at its end: Σ_j B_j (e^{G_end - G_j} v_j)ᵀ, heads side by side
+    v_end = V * (Gc[..., -1:] - Gc).exp().unsqueeze(-1).to(V.dtype)  # [b, n, G, hg, c, P]
+    own = Bc.transpose(-1, -2) @ v_end.transpose(3, 4).reshape(b, n, G, c, hg * P)  # [b, n, G, N, hg·P]
+    # carry the states across chunks: S ← e^{G_end} S + own
+    chunk_decay = Gc[..., -1].exp().to(own.dtype)  # [b, n, G, hg]
+    S = own.new_zeros(b, G, N, hg, P)
+    incoming = []
+    for own_i, d_i in zip(own.unbind(1), chunk_decay.unbind(1)):  # unbind: a linear-time backward
+        incoming.append(S)
+        S = S * d_i[:, :, None, :, None] + own_i.view(b, G, N, hg, P)
+    incoming = torch.stack(incoming, dim=1).view(b, n, G, N, hg * P)
+    # what the earlier chunks give position t: e^{G_t} C_t · S_in
+    y_in = (Cc @ incoming).view(b, n, G, c, hg, P) * Gc.exp().transpose(3, 4).unsqueeze(-1).to(y.dtype)
+    y = y.transpose(3, 4) + y_in  # [b, n, G, c, hg, P]
+    return y.transpose(2, 3).reshape(b, n * c, H, P)[:, :l]
+
+
 class Mamba2(nn.Module):
     """Mamba-2 block: SSD, a selective SSM with one scalar decay per head, in chunked form.
 
@@ -316,16 +361,18 @@ class Mamba2(nn.Module):
         return x, C, B, x * dt.unsqueeze(-1), log_decay
 
     def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """y [B, H, L, P] + D skip → RMSNorm(y ⊙ SiLU(z)) → out_proj, [B, L, D]."""
-        y = y + x * self.D[:, None, None]
-        b, h, l, p = y.shape
-        y = y.transpose(1, 2).reshape(b, l, h * p)
-        return self.out_proj(self.norm(y * F.silu(z)))
+        """y [B, L, H, P] + D skip → RMSNorm(y ⊙ SiLU(z)) → out_proj, [B, L, D]."""
+        y = y + x * self.D[:, None]
+        return self.out_proj(self.norm(y.flatten(2) * F.silu(z)))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         z, xBC, dt = self._split(u)
-        x, q, k, v, log_decay = self._ssd_inputs(self.conv(xBC), dt)
-        y, _ = chunk_linear_attention(q, k, v, log_decay, chunk_size=self.chunk_size)
+        b, l, _ = u.shape
+        x, B, C = self.conv(xBC).split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        x = x.view(b, l, self.nheads, self.headdim)
+        B, C = (t.view(b, l, self.ngroups, self.d_state) for t in (B, C))
+        dt = F.softplus(dt + self.dt_bias)  # [B, L, H]
+        y = ssd_chunked(x * dt.unsqueeze(-1), dt * -self.A_log.exp(), B, C, self.chunk_size)  # [B, L, H, P]
         return self._output(y, x, z)
 
     def recurrent(self, u: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -341,7 +388,7 @@ class Mamba2(nn.Module):
             h = log_decay[:, :, 0, None, None].exp() * h + k[:, :, 0, :, None] * v[:, :, 0, None, :]
             ys.append(torch.einsum("bhn,bhnp->bhp", q[:, :, 0], h))
             xs.append(x[:, :, 0])
-        return self._output(torch.stack(ys, dim=2), torch.stack(xs, dim=2), z), (conv_state, h)
+        return self._output(torch.stack(ys, dim=1), torch.stack(xs, dim=1), z), (conv_state, h)
 
     def state_size(self, seq_len: int) -> int:
         """SSM state nheads · headdim · d_state = expand · d_model · d_state, plus the
