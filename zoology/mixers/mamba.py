@@ -200,7 +200,7 @@ class Mamba(nn.Module):
         """x [B, L, Di] (after conv) → decay exp(ΔA) [B, L, Di, N], input ΔBx [B, L, Di, N], C [B, L, N]."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt))  # [B, L, Di]
-        A = -self.A_log.float().exp()  # [Di, N]
+        A = -self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)).exp()  # [Di, N], float32 at least
         decay = torch.exp(dt.unsqueeze(-1) * A)
         inp = (dt * x).unsqueeze(-1) * B.unsqueeze(2)
         return decay, inp, C
@@ -209,7 +209,7 @@ class Mamba(nn.Module):
         """The selective scan over the whole sequence (:func:`selective_scan`). x [B, L, Di] → y [B, L, Di]."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt))  # [B, L, Di]
-        A = -self.A_log.float().exp()  # [Di, N]
+        A = -self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)).exp()  # [Di, N], float32 at least
         return selective_scan(dt, A, x, B, C) + x * self.D
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
