@@ -8,9 +8,10 @@ input/output maps B_t, C_t depend on the token, so the model chooses what to sto
     Mamba-2:  the same with a scalar A per head (state [headdim, d_state]), which makes the
               recurrence a decayed linear attention (q = C, k = B, v = Δ·x): chunked, matmul-heavy.
 
-Mamba's decay differs per (channel, state) entry, so any exact form touches d_inner · d_state
-numbers per position; training runs the scan itself (:func:`selective_scan`) with a
-hand-written backward that recomputes states block by block instead of storing them.
+Mamba's decay differs per (channel, state) entry, so a chunked matmul form like Mamba-2's
+would need decay-scaled copies of B and C of size d_inner · d_state per position: no fewer
+numbers than the states themselves. Training runs the scan (:func:`selective_scan`) with a
+hand-written backward that recomputes the states block by block instead of storing them.
 
 Both wrap the SSM in: in_proj → causal depthwise conv + SiLU → SSM → gate with SiLU(z) → out_proj.
 """

@@ -8,7 +8,7 @@ Per channel, an exponentially decaying (w = -exp(time_decay) < 0), key-weighted 
 past values, with a bonus u for the current token. The sums are kept as (a, b) scaled by
 a running exponent p so nothing overflows, as in the reference CUDA kernel. ``recurrent()``
 scans the positions one at a time, as that kernel does; training (:func:`wkv_chunked`)
-scans within chunks and across chunks, about 2·√L sequential steps instead of L.
+scans within chunks and across chunks: C + L/C sequential steps (chunk length C) instead of L.
 """
 
 from __future__ import annotations
