@@ -92,8 +92,13 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
+        with torch.autocast(gy.device.type, enabled=False):  # as in forward: float32 at least throughout
+            return _SelectiveScan._backward(ctx, gy)
+
+    @staticmethod
+    def _backward(ctx, gy):
         dt, A, x, B, C, starts = ctx.saved_tensors
-        gy = gy.transpose(0, 1).contiguous()  # [L, B, Di]
+        gy = gy.to(x.dtype).transpose(0, 1).contiguous()  # [L, B, Di]
         L, b, di = x.shape
         n = A.shape[1]
         g_dt, g_x, g_B, g_C = (torch.empty_like(t) for t in (dt, x, B, C))
