@@ -274,16 +274,15 @@ def ssd_chunked(v: torch.Tensor, log_decay: torch.Tensor, B: torch.Tensor, C: to
     # each chunk's own part of the state at its end: Σ_j B_j (e^{G_end - G_j} v_j)ᵀ, heads side by side
     v_end = V * (Gc[..., -1:] - Gc).exp().unsqueeze(-1).to(V.dtype)  # [b, n, G, hg, c, P]
     own = Bc.transpose(-1, -2) @ v_end.transpose(3, 4).reshape(b, n, G, c, hg * P)  # [b, n, G, N, hg·P]
-    # carry the states across chunks: S ← e^{G_end} S + own
+    # carry the state S across chunks (S ← e^{G_end} S + own); what it gives the chunk: C_t · S
     chunk_decay = Gc[..., -1].exp().to(own.dtype)  # [b, n, G, hg]
     S = own.new_zeros(b, G, N, hg, P)
-    incoming = []
-    for own_i, d_i in zip(own.unbind(1), chunk_decay.unbind(1)):  # unbind: a linear-time backward
-        incoming.append(S)
+    y_in = []
+    for C_i, own_i, d_i in zip(Cc.unbind(1), own.unbind(1), chunk_decay.unbind(1)):  # unbind: a linear-time backward
+        y_in.append(C_i @ S.view(b, G, N, hg * P))  # [b, G, c, hg·P]
         S = S * d_i[:, :, None, :, None] + own_i.view(b, G, N, hg, P)
-    incoming = torch.stack(incoming, dim=1).view(b, n, G, N, hg * P)
-    # what the earlier chunks give position t: e^{G_t} C_t · S_in
-    y_in = (Cc @ incoming).view(b, n, G, c, hg, P) * Gc.exp().transpose(3, 4).unsqueeze(-1).to(y.dtype)
+    # times the decay from the chunk start to t
+    y_in = torch.stack(y_in, dim=1).view(b, n, G, c, hg, P) * Gc.exp().transpose(3, 4).unsqueeze(-1).to(y.dtype)
     y = y.transpose(3, 4) + y_in  # [b, n, G, c, hg, P]
     return y.transpose(2, 3).reshape(b, n * c, H, P)[:, :l]
 
