@@ -239,3 +239,53 @@ def dt_bias_init(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> 
     """Mamba's time-step bias: softplus(bias) log-uniform in [dt_min, dt_max], floored."""
     dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
     return inverse_softplus(dt.clamp(min=dt_init_floor))
+
+
+def chunk_gla(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, chunk_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal linear attention with a decay per key channel (GLA), chunked; every exp() it
+    takes has an argument ≤ 0, so nothing overflows however strong the decay.
+
+    q, k: [B, H, L, K]; v: [B, H, L, V]; log_decay: [B, H, L, K] (≤ 0); chunk_size a power of 2.
+    Recurrence: S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_tᵀ;  o_t = q_tᵀ S_t.
+    Returns (o [B, H, L, V], final state S [B, H, K, V]).
+
+    Inside a chunk, with G the cumulative log decay, pair (t, j ≤ t) weighs
+    Σ_d q_td k_jd exp(G_td - G_jd). Split as (q_t e^{G_t - G_r}) · (k_j e^{G_r - G_j}) it is a
+    matrix product, and both factors are ≤ 1 when the reference r lies between j and t.
+    Nested halves give every pair such an r: pairs across the middle of the chunk use the last
+    position of the left half, pairs inside a half are split again, down to single positions
+    (t = j, no decay). So log2(C) levels of [s, K] × [K, s] products fill the [C, C] in-chunk
+    matrix, with no [C, C, K] tensor of pairwise decays (``chunk_linear_attention``'s form).
+    Across chunks the [K, V] state is carried, as there.
+    """
+    b, h, l, dk = q.shape
+    dv = v.shape[-1]
+    c = chunk_size
+    if c < 1 or c & (c - 1):
+        raise ValueError(f"chunk_size must be a power of 2, got {c}")
+    q, k, v, g = (pad_to_multiple(t, c, 2) for t in (q, k, v, log_decay))  # pads decay with 0: no-op
+    n = q.shape[2] // c
+    q, k, v = (t.reshape(b, h, n, c, t.shape[-1]) for t in (q, k, v))  # [B, H, N, C, *]
+    G = g.to(torch.promote_types(g.dtype, torch.float32)).reshape(b, h, n, c, dk).cumsum(3)  # [B, H, N, C, K]
+    A = (q * k).sum(-1)[..., None, None]  # [B, H, N, C, 1, 1]: the diagonal, 1×1 blocks
+    s = 1  # A holds the diagonal blocks of size s; each level joins neighbouring pairs of them
+    while s < c:
+        p = c // (2 * s)
+        (_, q_r), (k_l, _), (G_l, G_r) = (t.view(b, h, n, p, 2, s, dk).unbind(4) for t in (q, k, G))
+        ref = G_l[..., -1:, :]  # [B, H, N, P, 1, K]: through the last position of the left block
+        cross = (q_r * (G_r - ref).exp()) @ (k_l * (ref - G_l).exp()).transpose(-1, -2)  # [B, H, N, P, s, s]
+        A_l, A_r = A.view(b, h, n, p, 2, s, s).unbind(4)
+        A = torch.cat([F.pad(A_l, (0, s)), torch.cat([cross, A_r], dim=-1)], dim=-2)  # [B, H, N, P, 2s, 2s]
+        s *= 2
+    o = A.view(b, h, n, c, c) @ v  # in-chunk part, [B, H, N, C, V]
+    q_in = q * G.exp()  # decay from the chunk start to t
+    k_out = k * (G[..., -1:, :] - G).exp()  # decay from j to the chunk end
+    S = q.new_zeros(b, h, dk, dv, dtype=o.dtype)
+    inter = []
+    for q_i, k_i, v_i, d_i in zip(*(t.unbind(2) for t in (q_in, k_out, v, G[..., -1, :].exp()))):
+        inter.append(q_i @ S)  # [B, H, C, V]
+        S = d_i.unsqueeze(-1) * S + k_i.transpose(-1, -2) @ v_i
+    o = o + torch.stack(inter, dim=2)
+    return o.reshape(b, h, n * c, dv)[:, :, :l], S

@@ -8,6 +8,11 @@ input/output maps B_t, C_t depend on the token, so the model chooses what to sto
     Mamba-2:  the same with a scalar A per head (state [headdim, d_state]), which makes the
               recurrence a decayed linear attention (q = C, k = B, v = Δ·x): chunked, matmul-heavy.
 
+Mamba's decay differs per (channel, state) entry, so a chunked matmul form like Mamba-2's
+would need decay-scaled copies of B and C of size d_inner · d_state per position: no fewer
+numbers than the states themselves. Training runs the scan (:func:`selective_scan`) with a
+hand-written backward that recomputes the states block by block instead of storing them.
+
 Both wrap the SSM in: in_proj → causal depthwise conv + SiLU → SSM → gate with SiLU(z) → out_proj.
 """
 
@@ -20,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._ops import HeadRMSNorm, ShortConvolution, chunk_linear_attention, dt_bias_init
+from zoology.mixers._ops import HeadRMSNorm, ShortConvolution, dt_bias_init, pad_to_multiple
 
 
 def _check_common(d_state: int, d_conv: int, expand: int) -> None:
@@ -30,6 +35,114 @@ def _check_common(d_state: int, d_conv: int, expand: int) -> None:
         raise FieldError("d_conv", f"must be >= 1, got {d_conv}")
     if expand < 1:
         raise FieldError("expand", f"must be >= 1, got {expand}")
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """Mamba's scan with a hand-written backward that never stores a [B, L, Di, N] tensor.
+
+    Autograd through the step-by-step scan keeps every state h_t, every decay and every input
+    term: several [B, L, Di, N] tensors (N times the activations), and on CPU writing that
+    much fresh memory costs more than the arithmetic. Here the sequence runs in blocks of T
+    positions; forward keeps only the state at each block's start, and backward redoes one
+    block at a time from there (blocks in reverse), in buffers of [T, B, Di, N].
+
+    With a_t = exp(Δ_t A), h_t = a_t ⊙ h_{t-1} + (Δ_t x_t) B_t and y_t = Σ_n C_tn h_t, the
+    gradient g_t of the loss with respect to h_t is C_t gy_t + a_{t+1} ⊙ g_{t+1} (a reverse
+    scan), and then
+        gC_t = Σ_d gy_td h_t,   gB_t = Σ_d g_t (Δ_t x_t),   g(Δx)_t = Σ_n g_t B_t,
+        with u_t = g_t ⊙ a_t ⊙ h_{t-1}:   gΔ_t += Σ_n u_t A,   gA = Σ_{b,t} u_t Δ_t.
+    """
+
+    @staticmethod
+    def _block(dt, A, x, B, h0, a, hs):
+        """One block, time-major: dt, x [T, B, Di]; B [T, B, N]; h0 [B, Di, N]. Fills the buffers
+        a [T, B, Di, N] with the decays and hs [T+1, B, Di, N] with the states (hs[0] = h0)."""
+        torch.mul(dt.unsqueeze(-1), A, out=a).exp_()
+        hs[0] = h0
+        torch.mul((dt * x).unsqueeze(-1), B.unsqueeze(2), out=hs[1:])  # input terms, overwritten by the states
+        for t in range(a.shape[0]):
+            hs[t + 1].addcmul_(a[t], hs[t])  # h_t = a_t ⊙ h_{t-1} + (Δ_t x_t) B_t
+
+    @staticmethod
+    def _buffers(x, A, block):
+        """Decays a [T, B, Di, N], states hs [T+1, B, Di, N] and a scratch [T, B, Di, N], reused by every block."""
+        b, di, n = x.shape[1], x.shape[2], A.shape[1]
+        return x.new_empty(block, b, di, n), x.new_empty(block + 1, b, di, n), x.new_empty(block, b, di, n)
+
+    @staticmethod
+    def forward(ctx, dt, A, x, B, C, block):
+        # dt, x: [B, L, Di]; A: [Di, N]; B, C: [B, L, N] → y [B, L, Di]
+        dt, x, B, C = (t.transpose(0, 1).contiguous() for t in (dt, x, B, C))  # time-major: [L, B, *]
+        L = x.shape[0]
+        a_buf, h_buf, tmp_buf = _SelectiveScan._buffers(x, A, block)
+        y, starts = x.new_empty(x.shape), []
+        h = h_buf[0].zero_()
+        for s in range(0, L, block):
+            sl = slice(s, s + block)
+            t = min(block, L - s)
+            starts.append(h.clone())
+            a, hs, tmp = a_buf[:t], h_buf[: t + 1], tmp_buf[:t]
+            _SelectiveScan._block(dt[sl], A, x[sl], B[sl], starts[-1], a, hs)
+            torch.sum(torch.mul(hs[1:], C[sl].unsqueeze(2), out=tmp), -1, out=y[sl])  # y_t = Σ_n C_tn h_t
+            h = hs[-1]
+        ctx.save_for_backward(dt, A, x, B, C, torch.stack(starts))
+        ctx.block = block
+        return y.transpose(0, 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        with torch.autocast(gy.device.type, enabled=False):  # as in forward: float32 at least throughout
+            return _SelectiveScan._backward(ctx, gy)
+
+    @staticmethod
+    def _backward(ctx, gy):
+        dt, A, x, B, C, starts = ctx.saved_tensors
+        gy = gy.to(x.dtype).transpose(0, 1).contiguous()  # [L, B, Di]
+        L, b, di = x.shape
+        n = A.shape[1]
+        g_dt, g_x, g_B, g_C = (torch.empty_like(t) for t in (dt, x, B, C))
+        g_A = torch.zeros_like(A)
+        a_buf, h_buf, tmp_buf = _SelectiveScan._buffers(x, A, ctx.block)
+        g_buf = torch.empty_like(a_buf)
+        g_h = x.new_zeros(b, di, n)  # gradient w.r.t. the state at the end of the block, from later blocks
+        for i in reversed(range(starts.shape[0])):
+            sl = slice(i * ctx.block, (i + 1) * ctx.block)
+            t = min(ctx.block, L - i * ctx.block)
+            a, hs, tmp, g = a_buf[:t], h_buf[: t + 1], tmp_buf[:t], g_buf[:t]
+            _SelectiveScan._block(dt[sl], A, x[sl], B[sl], starts[i], a, hs)
+            torch.mul(gy[sl].unsqueeze(-1), C[sl].unsqueeze(2), out=g)  # C_t gy_t
+            g[-1] += g_h
+            for j in reversed(range(t - 1)):
+                g[j].addcmul_(a[j + 1], g[j + 1])  # g_t = C_t gy_t + a_{t+1} ⊙ g_{t+1}
+            g_h = a[0] * g[0]
+            flat = (t * b, di, n)
+            g_C[sl] = (gy[sl].view(t * b, 1, di) @ hs[1:].view(flat)).view(t, b, n)
+            dtx = dt[sl] * x[sl]
+            g_B[sl] = (dtx.view(t * b, 1, di) @ g.view(flat)).view(t, b, n)
+            g_dtx = torch.mul(g, B[sl].unsqueeze(2), out=tmp).sum(-1)  # [T, B, Di]
+            u = g.mul_(a).mul_(hs[:-1])  # g_t ⊙ a_t ⊙ h_{t-1}: the gradient w.r.t. Δ_t A
+            g_A += torch.mul(u, dt[sl].unsqueeze(-1), out=tmp).sum((0, 1))
+            g_dt[sl] = g_dtx * x[sl] + u.mul_(A).sum(-1)
+            g_x[sl] = g_dtx * dt[sl]
+        g_dt, g_x, g_B, g_C = (t.transpose(0, 1) for t in (g_dt, g_x, g_B, g_C))
+        return g_dt, g_A, g_x, g_B, g_C, None
+
+
+def selective_scan(dt: torch.Tensor, A: torch.Tensor, x: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   block_elements: int = 2**20) -> torch.Tensor:
+    """y_t = Σ_n C_tn h_t[:, n] with h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t x_t) B_t, h_0 = 0.
+
+    dt (Δ), x: [B, L, Di]; A: [Di, N]; B, C: [B, L, N] → y [B, L, Di]. Blocks of T positions
+    with T·B·Di·N ≈ block_elements (see :class:`_SelectiveScan`); computed in float32 at least.
+    """
+    dtype = x.dtype
+    wide = torch.promote_types(dtype, torch.float32)
+    b, l, di = x.shape
+    block = max(1, min(l, block_elements // (b * di * A.shape[1])))
+    with torch.autocast(x.device.type, enabled=False):
+        y = _SelectiveScan.apply(*(t.to(wide) for t in (dt, A, x, B, C)), block)
+    return y.to(dtype)
 
 
 class Mamba(nn.Module):
@@ -93,26 +206,21 @@ class Mamba(nn.Module):
         """x [B, L, Di] (after conv) → decay exp(ΔA) [B, L, Di, N], input ΔBx [B, L, Di, N], C [B, L, N]."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt))  # [B, L, Di]
-        A = -self.A_log.float().exp()  # [Di, N]
+        A = -self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)).exp()  # [Di, N], float32 at least
         decay = torch.exp(dt.unsqueeze(-1) * A)
         inp = (dt * x).unsqueeze(-1) * B.unsqueeze(2)
         return decay, inp, C
 
-    def _scan(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The selective scan, one position at a time (linear in length; as mamba_ssm's reference).
-        x [B, L, Di] → y [B, L, Di], final h [B, Di, N]."""
-        decay, inp, C = self._ssm_inputs(x)
-        h = x.new_zeros(x.shape[0], self.d_inner, self.d_state)
-        hs = []
-        for decay_t, inp_t in zip(decay.unbind(1), inp.unbind(1)):  # unbind: a linear-time backward
-            h = decay_t * h + inp_t
-            hs.append(h)
-        y = torch.einsum("bldn,bln->bld", torch.stack(hs, dim=1), C)
-        return y + x * self.D, h
+    def _scan(self, x: torch.Tensor) -> torch.Tensor:
+        """The selective scan over the whole sequence (:func:`selective_scan`). x [B, L, Di] → y [B, L, Di]."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt))  # [B, L, Di]
+        A = -self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)).exp()  # [Di, N], float32 at least
+        return selective_scan(dt, A, x, B, C) + x * self.D
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(u).chunk(2, dim=-1)  # [B, L, Di] each
-        y, _ = self._scan(self.conv(x))
+        y = self._scan(self.conv(x))
         return self.out_proj(y * F.silu(z))
 
     def recurrent(self, u: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -133,6 +241,50 @@ class Mamba(nn.Module):
         """SSM state d_inner · d_state plus the convolution's last inputs (d_conv - 1) · d_inner,
         with d_inner = expand · d_model. Independent of seq_len."""
         return self.d_inner * self.d_state + (self.d_conv - 1) * self.d_inner
+
+
+def ssd_chunked(v: torch.Tensor, log_decay: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                chunk_size: int = 64) -> torch.Tensor:
+    """Mamba-2's SSD, chunked: per head h_t = e^{log_decay_t} h_{t-1} + B_t v_tᵀ ([N, P]), y_t = h_tᵀ C_t.
+
+    v (Δ·x): [b, L, H, P]; log_decay (Δ·A ≤ 0): [b, L, H]; B, C: [b, L, G, N], shared by the
+    H/G heads of each group → y [b, L, H, P].
+
+    As ``_ops.chunk_linear_attention`` with q = C, k = B, but B and C are never copied per
+    head: the heads' decays are scalars per position, so they go on v (into the state) and on
+    the outputs (out of it), and the heads of a group share every product with B or C:
+    C_t·B_j once per group in a chunk, one [N, C] × [C, (H/G)·P] product per chunk for the
+    states, one [C, N] × [N, (H/G)·P] for what they give the next chunk. Decays are exp() of
+    differences of cumulative log decays with j ≤ t, so every factor is ≤ 1.
+    """
+    b, l, H, P = v.shape
+    G, N = B.shape[2:]
+    hg, c = H // G, chunk_size
+    v, log_decay, B, C = (pad_to_multiple(t, c, 1) for t in (v, log_decay, B, C))  # padding: decay 1, no input
+    n = v.shape[1] // c
+    Bc, Cc = (t.view(b, n, c, G, N).transpose(2, 3) for t in (B, C))  # [b, n, G, c, N]
+    V = v.view(b, n, c, G, hg, P).permute(0, 1, 3, 4, 2, 5)  # [b, n, G, hg, c, P]
+    g = log_decay.to(torch.promote_types(log_decay.dtype, torch.float32))
+    Gc = g.view(b, n, c, G, hg).permute(0, 1, 3, 4, 2).cumsum(-1)  # [b, n, G, hg, c]: through position t
+    # within a chunk: y_t = Σ_{j≤t} (C_t·B_j) e^{G_t - G_j} v_j
+    causal = torch.ones(c, c, dtype=torch.bool, device=v.device).tril()
+    decay = (Gc.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # [b, n, G, hg, c, c]
+    CB = Cc @ Bc.transpose(-1, -2)  # [b, n, G, c, c], one per group
+    y = (CB.unsqueeze(3) * decay.to(CB.dtype)) @ V  # [b, n, G, hg, c, P]
+    # each chunk's own part of the state at its end: Σ_j B_j (e^{G_end - G_j} v_j)ᵀ, heads side by side
+    v_end = V * (Gc[..., -1:] - Gc).exp().unsqueeze(-1).to(V.dtype)  # [b, n, G, hg, c, P]
+    own = Bc.transpose(-1, -2) @ v_end.transpose(3, 4).reshape(b, n, G, c, hg * P)  # [b, n, G, N, hg·P]
+    # carry the state S across chunks (S ← e^{G_end} S + own); what it gives the chunk: C_t · S
+    chunk_decay = Gc[..., -1].exp().to(own.dtype)  # [b, n, G, hg]
+    S = own.new_zeros(b, G, N, hg, P)
+    y_in = []
+    for C_i, own_i, d_i in zip(Cc.unbind(1), own.unbind(1), chunk_decay.unbind(1)):  # unbind: a linear-time backward
+        y_in.append(C_i @ S.view(b, G, N, hg * P))  # [b, G, c, hg·P]
+        S = S * d_i[:, :, None, :, None] + own_i.view(b, G, N, hg, P)
+    # times the decay from the chunk start to t
+    y_in = torch.stack(y_in, dim=1).view(b, n, G, c, hg, P) * Gc.exp().transpose(3, 4).unsqueeze(-1).to(y.dtype)
+    y = y.transpose(3, 4) + y_in  # [b, n, G, c, hg, P]
+    return y.transpose(2, 3).reshape(b, n * c, H, P)[:, :l]
 
 
 class Mamba2(nn.Module):
@@ -214,16 +366,18 @@ class Mamba2(nn.Module):
         return x, C, B, x * dt.unsqueeze(-1), log_decay
 
     def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """y [B, H, L, P] + D skip → RMSNorm(y ⊙ SiLU(z)) → out_proj, [B, L, D]."""
-        y = y + x * self.D[:, None, None]
-        b, h, l, p = y.shape
-        y = y.transpose(1, 2).reshape(b, l, h * p)
-        return self.out_proj(self.norm(y * F.silu(z)))
+        """y [B, L, H, P] + D skip → RMSNorm(y ⊙ SiLU(z)) → out_proj, [B, L, D]."""
+        y = y + x * self.D[:, None]
+        return self.out_proj(self.norm(y.flatten(2) * F.silu(z)))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         z, xBC, dt = self._split(u)
-        x, q, k, v, log_decay = self._ssd_inputs(self.conv(xBC), dt)
-        y, _ = chunk_linear_attention(q, k, v, log_decay, chunk_size=self.chunk_size)
+        b, l, _ = u.shape
+        x, B, C = self.conv(xBC).split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        x = x.view(b, l, self.nheads, self.headdim)
+        B, C = (t.view(b, l, self.ngroups, self.d_state) for t in (B, C))
+        dt = F.softplus(dt + self.dt_bias)  # [B, L, H]
+        y = ssd_chunked(x * dt.unsqueeze(-1), dt * -self.A_log.exp(), B, C, self.chunk_size)  # [B, L, H, P]
         return self._output(y, x, z)
 
     def recurrent(self, u: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -239,7 +393,7 @@ class Mamba2(nn.Module):
             h = log_decay[:, :, 0, None, None].exp() * h + k[:, :, 0, :, None] * v[:, :, 0, None, :]
             ys.append(torch.einsum("bhn,bhnp->bhp", q[:, :, 0], h))
             xs.append(x[:, :, 0])
-        return self._output(torch.stack(ys, dim=2), torch.stack(xs, dim=2), z), (conv_state, h)
+        return self._output(torch.stack(ys, dim=1), torch.stack(xs, dim=1), z), (conv_state, h)
 
     def state_size(self, seq_len: int) -> int:
         """SSM state nheads · headdim · d_state = expand · d_model · d_state, plus the
