@@ -151,10 +151,10 @@ def test_forgetting_attention_limits():
     q, k, v, _ = mixer._inputs(x)
     with torch.no_grad():
         mixer.f_proj.weight.zero_()
-        mixer.f_proj.bias.fill_(40.0)  # f = sigmoid(40): log f ≈ -4e-18
+        mixer.f_bias.fill_(40.0)  # f = sigmoid(40): log f ≈ -4e-18
         plain = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         assert torch.allclose(mixer(x), mixer._output(plain, x), atol=1e-6)
-        mixer.f_proj.bias.fill_(-40.0)  # f ≈ e^-40 per step
+        mixer.f_bias.fill_(-40.0)  # f ≈ e^-40 per step
         assert torch.allclose(mixer(x), mixer._output(v, x), atol=1e-6)
 
 

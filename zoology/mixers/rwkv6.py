@@ -3,7 +3,7 @@ BlinkDL/RWKV-LM, fla's ``layers/rwkv6.py`` and ``ops/rwkv6/naive.py``).
 
 Per head, a matrix-valued state S [head_dim(k), head_dim(v)]:
 
-    x_t^□ = x_t + (x_{t-1} - x_t) ⊙ μ_□             token shift, □ ∈ {r, w, k, v, g}
+    x_t^□ = x_t + (x_{t-1} - x_t) ⊙ μ_□             token shift, □ ∈ {r, k, v, g} (and w in RWKV-6)
     r, k, v, g = projections of x^r, x^k, x^v, x^g;    w_t = exp(-exp(d_t)) ∈ (0, 1) per channel
     o_t = r_tᵀ (S_{t-1} + diag(u) k_t v_tᵀ)          u: a per-channel bonus for the current token
     S_t = diag(w_t) S_{t-1} + k_t v_tᵀ
