@@ -9,6 +9,10 @@ cache (Katharopoulos et al. 2020, arXiv 2006.16236). Training runs the chunked f
 The feature maps include those of the Based paper's feature-map ablation (Arora et al.
 2024, arXiv 2402.18668, Figure 3; upstream zoology's ``mixers/feature_maps``): relu,
 square, all_poly and exp_dim beside taylor_exp, performer, cosformer and elu (PosELU).
+Differences from upstream: all_poly's two projections are fixed random draws (upstream's
+ablation ran them both fixed and learned), and all_poly, which is not positive, must run
+unnormalised (upstream's Based always divided by φ(q)·Σφ(k)); square is x² (upstream also
+has x²/√2, the same map once normalised).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ runs the recurrence one position at a time, as fla's naive reference.
 
 Choices: key and value widths are d_model split into heads of ``head_dim`` (the paper's
 layout; fla defaults to a key width of d_model/2); no receptance scaling (scale 1, as fla's
-layer and the reference kernel). The init follows the reference's (depth-dependent mixes,
+layer and the reference kernel); GroupNorm eps 64e-5 on o as is (the reference uses that
+eps after dividing o by 8; fla uses 1e-5). The init follows the reference's (depth-dependent mixes,
 decay speeds and bonus, LoRA maps starting at zero on one side; recalled from RWKV-LM,
 not checked line by line); the projections take the model's generic init.
 """
