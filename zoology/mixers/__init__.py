@@ -29,13 +29,17 @@ from zoology.mixers.attention import Attention, SlidingWindowAttention
 from zoology.mixers.based import Based
 from zoology.mixers.conv import BaseConv, ShortConv
 from zoology.mixers.delta_net import DeltaNet, GatedDeltaNet
+from zoology.mixers.forgetting_attention import ForgettingAttention
 from zoology.mixers.gla import GatedLinearAttention
+from zoology.mixers.gsa import GatedSlotAttention
 from zoology.mixers.h3 import H3
+from zoology.mixers.hgrn2 import HGRN2
 from zoology.mixers.hyena import Hyena
 from zoology.mixers.linear_attention import LinearAttention
 from zoology.mixers.mamba import Mamba, Mamba2
 from zoology.mixers.retnet import MultiScaleRetention
 from zoology.mixers.rwkv import RWKV4
+from zoology.mixers.rwkv6 import RWKV5, RWKV6
 from zoology.mixers.rwkv7 import RWKV7
 from zoology.mixers.state import GLU, MLP, Identity
 
@@ -57,6 +61,11 @@ BUILTIN_MIXERS: list[type] = [
     Mamba2,
     RWKV4,
     RWKV7,
+    RWKV5,
+    RWKV6,
+    HGRN2,
+    GatedSlotAttention,
+    ForgettingAttention,
     MLP,
     GLU,
     Identity,

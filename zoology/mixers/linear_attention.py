@@ -5,6 +5,14 @@
 so inference keeps a fixed [F, V] state (plus the normaliser z) per head instead of a KV
 cache (Katharopoulos et al. 2020, arXiv 2006.16236). Training runs the chunked form in
 ``_ops.chunk_linear_attention``: linear in length.
+
+The feature maps include those of the Based paper's feature-map ablation (Arora et al.
+2024, arXiv 2402.18668, Figure 3; upstream zoology's ``mixers/feature_maps``): relu,
+square, all_poly and exp_dim beside taylor_exp, performer, cosformer and elu (PosELU).
+Differences from upstream: all_poly's two projections are fixed random draws (upstream's
+ablation ran them both fixed and learned), and all_poly, which is not positive, must run
+unnormalised (upstream's Based always divided by φ(q)·Σφ(k)); square is x² (upstream also
+has x²/√2, the same map once normalised).
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from torch import nn
 from zoology.errors import FieldError
 from zoology.mixers._ops import chunk_linear_attention
 
-FEATURE_MAPS = ("identity", "elu", "taylor_exp", "performer", "cosformer")
+FEATURE_MAPS = ("identity", "elu", "taylor_exp", "performer", "cosformer", "relu", "square", "all_poly", "exp_dim")
+POSITIVE = frozenset(FEATURE_MAPS) - {"identity", "all_poly"}  # maps that may be normalised
 
 
 class FeatureMap(nn.Module):
@@ -30,6 +39,9 @@ class FeatureMap(nn.Module):
         if kind == "performer":
             # FAVOR+ (Choromanski et al. 2020): fixed Gaussian projections, drawn once
             self.register_buffer("projection", torch.randn(num_random_features, dim))
+        if kind == "all_poly":
+            # two fixed random maps W1, W2 [m, dim] ~ N(0, 1/dim): upstream's randn init, not learned
+            self.register_buffer("projection", torch.randn(2, num_random_features, dim) / math.sqrt(dim))
 
     @property
     def out_dim(self) -> int:
@@ -39,6 +51,10 @@ class FeatureMap(nn.Module):
             "taylor_exp": 1 + self.dim + self.dim**2,
             "performer": getattr(self, "projection", torch.empty(0)).shape[0],
             "cosformer": 2 * self.dim,
+            "relu": self.dim,
+            "square": self.dim,
+            "all_poly": getattr(self, "projection", torch.empty(0, 0)).shape[-2],
+            "exp_dim": 2 * self.dim,
         }[self.kind]
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -59,6 +75,17 @@ class FeatureMap(nn.Module):
             proj = xs @ self.projection.to(x.dtype).t()  # [..., m]
             m = self.projection.shape[0]
             return torch.exp(proj - xs.square().sum(-1, keepdim=True) / 2) / math.sqrt(m)
+        if self.kind == "relu":  # clamped just above 0 as upstream, so the normaliser stays positive
+            return F.relu(x).clamp(min=1e-12)
+        if self.kind == "square":  # φ(q)·φ(k) = Σ_d q_d² k_d²: the diagonal of Taylor's quadratic term
+            return x.square()
+        if self.kind == "all_poly":
+            # ((W1 x)² + W2 (x²)) / √2: random degree-2 polynomial features (not positive)
+            w1, w2 = self.projection.to(x.dtype)
+            return ((x @ w1.t()).square() + x.square() @ w2.t()) / math.sqrt(2)
+        if self.kind == "exp_dim":
+            # exp of each coordinate and of its negation, floored at 0: exp(max(±x, 0)) ≥ 1
+            return torch.cat([x, -x], dim=-1).clamp(min=1e-12).exp()
         # cosformer (Qin et al. 2022): relu features re-weighted by cos(π/2 · (i - j)/M)
         # = cos·cos + sin·sin, split into two halves so it stays a linear kernel
         angle = (math.pi / 2) * positions.float() / self.max_seq_len  # [L]
@@ -71,11 +98,12 @@ class LinearAttention(nn.Module):
     """Causal linear attention with a choice of feature map.
 
     Args:
-        feature_map: φ applied to queries and keys: identity, elu, taylor_exp, performer or cosformer
+        feature_map: φ applied to queries and keys: identity, elu, taylor_exp, performer, cosformer,
+            relu, square, all_poly or exp_dim
         feature_dim: query/key dimension per head before the feature map
         num_heads: heads; d_model must be divisible by it (value dim per head = d_model / num_heads)
-        normalize: divide by φ(q)·Σφ(k) (needs a positive feature map, so not with identity)
-        num_random_features: random features of the performer map (unused by the others)
+        normalize: divide by φ(q)·Σφ(k) (needs a positive feature map, so not with identity or all_poly)
+        num_random_features: random features of the performer map and of the all_poly map (unused by the others)
         eps: added to the normaliser
     """
 
@@ -100,8 +128,8 @@ class LinearAttention(nn.Module):
             raise FieldError("feature_dim", f"must be >= 1, got {feature_dim}")
         if num_heads < 1 or d_model % num_heads:
             raise FieldError("num_heads", f"must be >= 1 and divide d_model={d_model}, got {num_heads}")
-        if normalize and feature_map == "identity":
-            raise FieldError("normalize", "the identity feature map is not positive: set normalize = false")
+        if normalize and feature_map not in POSITIVE:
+            raise FieldError("normalize", f"the {feature_map} feature map is not positive: set normalize = false")
         if num_random_features < 1:
             raise FieldError("num_random_features", f"must be >= 1, got {num_random_features}")
         self.num_heads, self.feature_dim, self.head_dim = num_heads, feature_dim, d_model // num_heads
@@ -149,6 +177,6 @@ class LinearAttention(nn.Module):
     def state_size(self, seq_len: int) -> int:
         """Per head, a feature_map-dim × value-dim matrix, plus a feature_map-dim normaliser when
         normalize: num_heads · F · (d_model/num_heads + normalize), with F = feature_dim (identity,
-        elu), 1 + feature_dim + feature_dim² (taylor_exp), num_random_features (performer),
-        2·feature_dim (cosformer). Independent of seq_len."""
+        elu, relu, square), 1 + feature_dim + feature_dim² (taylor_exp), num_random_features
+        (performer, all_poly), 2·feature_dim (cosformer, exp_dim). Independent of seq_len."""
         return self.num_heads * self.feature_map.out_dim * (self.head_dim + int(self.normalize))
