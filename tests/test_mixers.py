@@ -28,7 +28,8 @@ VARIANTS = {
     "attention": [{"num_heads": 4}, {"num_heads": 4, "num_kv_heads": 2}, {"num_heads": 4, "num_kv_heads": 1}],
     "sliding_window_attention": [{"window": 1}, {"window": 7, "num_heads": 4, "num_kv_heads": 2}],
     "linear_attention": [
-        {"feature_map": f, "normalize": f != "identity", "num_heads": 2, "feature_dim": 4} for f in FEATURE_MAPS
+        {"feature_map": f, "normalize": f not in ("identity", "all_poly"), "num_heads": 2, "feature_dim": 4}
+        for f in FEATURE_MAPS
     ],
     "based": [{"feature_dim": 4, "num_heads": 2}, {"feature_dim": 4, "window": 8, "window_heads": 2}],
     "short_conv": [{"kernel_size": 1}, {"kernel_size": 5}],
