@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -15,6 +16,7 @@ import attrs
 
 from zoology.errors import UserError
 from zoology.plugins import Component, get_registry
+from zoology.progress import SweepProgress
 from zoology.tables import format_table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -71,19 +73,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             continue
         todo.append((point, exp, run_dir))
 
+    # one bar over the sweep on a terminal (stderr), on the main process; result lines always
+    progress = SweepProgress(len(todo), enabled=not args.quiet and len(todo) > 1 and _on_terminal())
+
     def report(summary: dict[str, Any], run_dir: Any) -> None:
         if summary.get("processes", 1) == 1 or _is_main():
-            print(_result_line(summary, run_dir), flush=True)
+            progress.finished(run_dir, str(summary.get("status")), _result_line(summary, run_dir))
 
-    if args.backend == "ray" or args.parallel > 1:
-        jobs = [(run_dir, launch.worker_command(args.experiment, exp.run_id, args.out, args.set, args.rerun), exp.name)
-                for _, exp, run_dir in todo]
-        if args.backend == "ray":
-            failed = launch.run_ray(jobs, args.address, args.cpus_per_run, args.gpus_per_run, report)
+    try:
+        if args.backend == "ray" or args.parallel > 1:
+            jobs = [(run_dir, launch.worker_command(args.experiment, exp.run_id, args.out, args.set, args.rerun), exp.name)
+                    for _, exp, run_dir in todo]
+            if args.backend == "ray":
+                failed = launch.run_ray(jobs, args.address, args.cpus_per_run, args.gpus_per_run, report, progress)
+            else:
+                failed = launch.run_local(jobs, args.parallel, report, progress)
         else:
-            failed = launch.run_local(jobs, args.parallel, report)
-    else:
-        failed = launch.run_inline(todo, args.quiet, report)
+            failed = launch.run_inline(todo, args.quiet, report, progress)
+    finally:
+        progress.close()
     if len(runs) > 1:
         print(f"{len(runs)} runs: {len(runs) - len(todo)} already done, {len(todo)} run, {failed} failed")
         if failed:
@@ -91,6 +99,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if run_dir.status() == "failed":
                     print(f"  failed: {exp.run_id} → {run_dir}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _on_terminal() -> bool:
+    """stderr is a terminal and this is not a secondary process of a distributed run."""
+    return sys.stderr.isatty() and os.environ.get("RANK", "0") == "0"
 
 
 def _is_main() -> bool:

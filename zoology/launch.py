@@ -22,6 +22,7 @@ from zoology.runs import SUMMARY, RunDir
 
 if TYPE_CHECKING:
     from zoology.config import Experiment
+    from zoology.progress import SweepProgress
     from zoology.sweep import Point
 
 Report = Callable[[dict[str, Any], RunDir], None]
@@ -62,12 +63,15 @@ def record_exit(run_dir: RunDir, run_id: str, experiment: str, code: int) -> dic
     return summary
 
 
-def run_inline(jobs: list[tuple[Point, Experiment, RunDir]], quiet: bool, report: Report) -> int:
+def run_inline(jobs: list[tuple[Point, Experiment, RunDir]], quiet: bool, report: Report,
+               progress: SweepProgress | None = None) -> int:
     """Train each (sweep point, experiment, run dir) in this process, one after another."""
     from zoology.train import train
 
     failed = 0
     for point, exp, run_dir in jobs:
+        if progress is not None:
+            progress.started(run_dir)
         try:
             summary = train(exp, run_dir, quiet=quiet, point=point)
         except (UserError, KeyboardInterrupt):
@@ -80,7 +84,8 @@ def run_inline(jobs: list[tuple[Point, Experiment, RunDir]], quiet: bool, report
     return failed
 
 
-def run_local(jobs: list[tuple[RunDir, list[str], str]], parallel: int, report: Report) -> int:
+def run_local(jobs: list[tuple[RunDir, list[str], str]], parallel: int, report: Report,
+              progress: SweepProgress | None = None) -> int:
     """Run each (run dir, command, experiment name) in a worker process, ``parallel`` at a time."""
     pending = list(jobs)
     running: dict[int, tuple[subprocess.Popen, RunDir, str, Any]] = {}
@@ -93,7 +98,11 @@ def run_local(jobs: list[tuple[RunDir, list[str], str]], parallel: int, report: 
                 log = open(run_dir.path / "worker.log", "wb")  # noqa: SIM115 (closed when the worker ends)
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=slot_env(slot, parallel))
                 running[slot] = (proc, run_dir, name, log)
+                if progress is not None:
+                    progress.started(run_dir)
         time.sleep(0.2)
+        if progress is not None:
+            progress.tick()
         for slot, (proc, run_dir, name, log) in list(running.items()):
             code = proc.poll()
             if code is None:
@@ -107,7 +116,7 @@ def run_local(jobs: list[tuple[RunDir, list[str], str]], parallel: int, report: 
 
 
 def run_ray(jobs: list[tuple[RunDir, list[str], str]], address: str | None, cpus: float, gpus: float,
-            report: Report) -> int:
+            report: Report, progress: SweepProgress | None = None) -> int:
     """Each run as a Ray task (``pip install zoology[ray]``); paths must be shared by the nodes."""
     try:
         import ray
@@ -126,13 +135,21 @@ def run_ray(jobs: list[tuple[RunDir, list[str], str]], address: str | None, cpus
                  **({} if address else {"num_cpus": os.cpu_count()}))
     try:
         futures = {}
+        submitted = time.time()
         for run_dir, cmd, name in jobs:
             run_dir.path.mkdir(parents=True, exist_ok=True)
             futures[execute.remote(cmd, str(run_dir.path / "worker.log"))] = (run_dir, name)
         failed = 0
         remaining = list(futures)
+        waiting = set(remaining)  # for the progress bar: not yet seen starting
         while remaining:
-            done, remaining = ray.wait(remaining, num_returns=1)
+            done, remaining = ray.wait(remaining, num_returns=1, timeout=1.0 if progress else None)
+            if progress is not None:
+                _ray_started(futures, waiting, submitted, progress)
+                progress.tick()
+            if not done:
+                continue
+            waiting.discard(done[0])
             run_dir, name = futures[done[0]]
             try:
                 code = ray.get(done[0])
@@ -146,3 +163,18 @@ def run_ray(jobs: list[tuple[RunDir, list[str], str]], address: str | None, cpus
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _ray_started(futures: dict[Any, tuple[RunDir, str]], waiting: set[Any], since: float,
+                 progress: SweepProgress) -> None:
+    """Runs whose Ray task has begun: it opens its ``worker.log`` (on the shared file system)
+    when it starts, so a log written since submission means the run is under way."""
+    for future in list(waiting):
+        log = futures[future][0].path / "worker.log"
+        try:
+            begun = log.stat().st_mtime >= since - 1.0
+        except OSError:
+            continue
+        if begun:
+            waiting.discard(future)
+            progress.started(futures[future][0])
