@@ -60,7 +60,7 @@ def test_bar_shows_counts_and_prints_results_above_it(capsys):
     progress = SweepProgress(3, enabled=True, file=buf)
     progress.started("a")
     progress.started("b")
-    assert "0/3 runs" in buf.getvalue() and "done 0 · failed 0 · running 2" in buf.getvalue()
+    assert "0/3 runs" in buf.getvalue() and "sweep: " in buf.getvalue() and "done 0 · failed 0 · running 2" in buf.getvalue()
     progress.finished("a", "done", "a: done · test/accuracy 0.9")
     progress.finished("b", "failed", "b: failed · ValueError")
     progress.started("c")

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 from tqdm.auto import tqdm
 
-FORMAT = "{desc} {n_fmt}/{total_fmt} runs |{bar}| {postfix} [{elapsed}<{remaining}]"
+FORMAT = "{desc} |{bar}| {n_fmt}/{total_fmt} runs [{elapsed}<{remaining}]"
 
 
 class SweepProgress:
@@ -36,7 +36,7 @@ class SweepProgress:
         if self.counts["diverged"]:
             parts.append(f"diverged {self.counts['diverged']}")
         parts.append(f"running {len(self.running)}")
-        self.bar.set_postfix_str(" · ".join(parts), refresh=True)
+        self.bar.set_description_str("sweep: " + " · ".join(parts), refresh=True)
 
     def started(self, run: Any) -> None:
         """Run ``run`` (its run directory or id) began."""
