@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import tomli
 from zoology.cli import main
 from zoology.config import dump_experiment, structure_experiment
 from zoology.paths import assign
-from zoology.report import build_rows, find_runs, key_value, report
+from zoology.report import build_rows, find_runs, hidden_differences, key_value, report
 from zoology.runs import RunDir
 
 from .conftest import BASE
@@ -265,3 +266,15 @@ def test_curves_draw_a_line_per_run_a_colour_per_row(tmp_path):
     (tmp_path / "none").mkdir()
     write_run(tmp_path / "none", "attention", 16, 1e-3, 16)  # no metrics.jsonl
     assert main(["report", str(tmp_path / "none"), "--curves", str(tmp_path / "x.png")]) == 2
+
+
+def test_trackers_do_not_make_a_different_configuration(tmp_path):
+    plain_run = write_run(tmp_path, "attention", 16, 1e-3, 16)
+    logged = tmp_path / "mqar_grid" / "logged"
+    shutil.copytree(plain_run, logged)
+    config = tomli.loads((logged / "config.toml").read_text())
+    config.update(run_id="logged", logging={"trackers": ["tensorboard"]})
+    (logged / "config.toml").write_text(dump_experiment(structure_experiment(config, "test")))
+    rows = build_rows(find_runs(tmp_path), ["mixer"], best_over=["lr"])
+    assert len(rows) == 1 and len(rows[0].candidates) == 2
+    assert hidden_differences(rows, ["mixer"]) == []

@@ -190,11 +190,17 @@ def _excluded(path: str, keys: Sequence[str]) -> bool:
 
 
 def _identity(run: Run, best_over: Sequence[str]) -> tuple:
-    """What a run is, apart from ``best_over`` keys and its run id."""
+    """What a run is, apart from ``best_over`` keys, its run id and its trackers."""
     if not run.config:
         return ("no config", str(run.path))
     leaves = flatten(run.config)
-    return tuple(sorted((p, repr(v)) for p, v in leaves.items() if p != "run_id" and not _excluded(p, best_over)))
+    return tuple(sorted((p, repr(v)) for p, v in leaves.items()
+                        if not _bookkeeping(p) and not _excluded(p, best_over)))
+
+
+def _bookkeeping(path: str) -> bool:
+    """Config paths that never change a result: the run id and where metrics are logged."""
+    return path == "run_id" or path.startswith("logging.")
 
 
 # -- selection and rows --------------------------------------------------------------------
@@ -319,7 +325,7 @@ def hidden_differences(rows: Sequence[Row], group_by: Sequence[str]) -> list[str
     for members in same.values():
         if len(members) > 1:
             leaves = [flatten(r.run.config) for r in members]
-            for p in set().union(*leaves) - {"run_id"}:
+            for p in {p for leaf in leaves for p in leaf if not _bookkeeping(p)}:
                 if len({repr(leaf.get(p)) for leaf in leaves}) > 1:
                     paths.add(p)
     return sorted(paths)
