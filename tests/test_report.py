@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import tomli
 from zoology.cli import main
 from zoology.config import dump_experiment, structure_experiment
 from zoology.paths import assign
-from zoology.report import build_rows, find_runs, key_value, report
+from zoology.report import build_rows, find_runs, hidden_differences, key_value, report
 from zoology.runs import RunDir
 
 from .conftest import BASE
@@ -144,10 +145,13 @@ def test_failed_run_never_selected_and_shown(runs_root, tmp_path):
     assert "0 done" in out
 
 
-def test_csv_content_and_default_location(runs_root):
+def test_csv_content_written_only_when_asked(runs_root, tmp_path):
     text = report(runs_root, group_by=["mixer", "seq_len", "d_model"], best_over=["lr"])
     assert "best of each group by valid/accuracy over lr" in text
-    rows = read_csv(runs_root / "report.csv")
+    assert not (runs_root / "report.csv").exists() and "table →" not in text
+    text = report(runs_root, group_by=["mixer", "seq_len", "d_model"], best_over=["lr"], csv_path=tmp_path / "r.csv")
+    assert f"table → {tmp_path / 'r.csv'}" in text
+    rows = read_csv(tmp_path / "r.csv")
     assert list(rows[0]) == ["mixer", "seq_len", "d_model", "lr (best)", "test/accuracy",
                              "valid/accuracy (best)", "state_size", "num_parameters", "epochs",
                              "status", "runs", "run"]
@@ -211,4 +215,66 @@ def test_run_tested_at_several_lengths_plots_a_point_per_length(tmp_path):
     assert _points(rows[0].run, "test/accuracy") == [(16, 1.0), (32, 0.5)]
     assert _points(rows[0].run, "test/input_seq_len=16/accuracy") == [(16, 1.0)]  # an explicit slice
     report(tmp_path, plot_path=tmp_path / "ext.png")
-    assert (tmp_path / "ext.png").exists() and (tmp_path / "report.csv").exists()
+    assert (tmp_path / "ext.png").exists() and not (tmp_path / "report.csv").exists()
+
+
+def test_json_holds_the_rows_with_raw_values(runs_root, capsys):
+    assert main(["report", str(runs_root), "--group-by", "mixer", "--group-by", "seq_len", "--group-by", "d_model",
+                 "--best-over", "lr", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 12 and not (runs_root / "report.csv").exists()
+    first = rows[0]
+    assert list(first)[:4] == ["mixer", "seq_len", "d_model", "lr (best)"]
+    assert first["test/accuracy"] == pytest.approx(0.97) and first["state_size"] == 2 * 2 * 16 * 16
+    assert first["run"] == "mqar_grid/attention-d16-lr0.001-L16" and first["runs"] == 3
+    assert first["path"] == str(runs_root / "mqar_grid" / "attention-d16-lr0.001-L16")
+
+
+def test_wide_table_is_cut_to_the_width(runs_root, capsys):
+    assert main(["report", str(runs_root), "--width", "140"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[: lines.index("")]
+    assert max(map(len, table)) <= 140 and any(line.endswith("…") for line in table)
+    assert main(["report", str(runs_root)]) == 0  # into a pipe (here: captured): whole lines
+    assert not any("…" in line for line in capsys.readouterr().out.splitlines())
+
+
+def add_history(path: Path, accuracies: list[float]) -> None:
+    lines = [json.dumps({"epoch": i + 1, "step": 4 * (i + 1), "valid/accuracy": a}) for i, a in enumerate(accuracies)]
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_curves_draw_a_line_per_run_a_colour_per_row(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    root = tmp_path / "runs"
+    for lr, curve in ((1e-3, [0.25, 0.26, 0.9, 0.99]), (1e-2, [0.25, 0.25, 0.25])):
+        add_history(write_run(root, "attention", 16, lr, 16), curve)
+    add_history(write_run(root, "base_conv", 16, 1e-3, 16), [0.2, 0.3])
+    out = tmp_path / "curves.png"
+    text = report(root, curves_path=out)
+    assert f"curves → {out}" in text
+    image = matplotlib.image.imread(out)
+    assert image.shape[0] > 300 and image.shape[1] > 600
+    # with --best-over lr one row per mixer: attention's selected lr, base_conv
+    from zoology.report import plot_curves
+
+    rows = build_rows(find_runs(root), ["mixer"], best_over=["lr"])
+    plot_curves(rows, tmp_path / "best.png", "valid/accuracy", ["mixer", "lr"])
+    assert (tmp_path / "best.png").stat().st_size > 10_000
+    (tmp_path / "none").mkdir()
+    write_run(tmp_path / "none", "attention", 16, 1e-3, 16)  # no metrics.jsonl
+    assert main(["report", str(tmp_path / "none"), "--curves", str(tmp_path / "x.png")]) == 2
+
+
+def test_trackers_do_not_make_a_different_configuration(tmp_path):
+    plain_run = write_run(tmp_path, "attention", 16, 1e-3, 16)
+    logged = tmp_path / "mqar_grid" / "logged"
+    shutil.copytree(plain_run, logged)
+    config = tomli.loads((logged / "config.toml").read_text())
+    config.update(run_id="logged", logging={"trackers": ["tensorboard"]})
+    (logged / "config.toml").write_text(dump_experiment(structure_experiment(config, "test")))
+    rows = build_rows(find_runs(tmp_path), ["mixer"], best_over=["lr"])
+    assert len(rows) == 1 and len(rows[0].candidates) == 2
+    assert hidden_differences(rows, ["mixer"]) == []

@@ -10,6 +10,7 @@ from zoology.config import Experiment, MixerSpec, dump_experiment, load_experime
 from zoology.errors import ConfigError, FieldError, UserError
 from zoology.hookspecs import hookimpl
 from zoology.plugins import get_registry, load_registry
+from zoology.results import load_runs
 from zoology.tasks.base import IGNORE_INDEX, Segment, Task, at_least, between, param, token_dtype
 from zoology.tasks.sampling import (
     distinct,
@@ -31,6 +32,6 @@ __all__ = [
     "IGNORE_INDEX", "ConfigError", "Experiment", "FieldError", "MixerSpec", "Segment", "Task",
     "UserError", "at_least", "between", "distinct", "dump_experiment", "first_occurrence",
     "generator", "get_registry", "get_task", "hookimpl", "load_experiment", "load_experiments",
-    "load_registry", "param", "shift_labels", "successive_draws", "token_dtype",
+    "load_registry", "load_runs", "param", "shift_labels", "successive_draws", "token_dtype",
     "weighted_distinct",
 ]

@@ -100,8 +100,8 @@ def bench_mixers(
                 break
 
 
-def format_rows(rows: list[dict[str, Any]]) -> str:
+def format_rows(rows: list[dict[str, Any]], width: int | None = None) -> str:
     if not rows:
         return "(nothing to benchmark)"
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    return format_table(keys, [[r.get(k, "") for k in keys] for r in rows])
+    return format_table(keys, [[r.get(k, "") for k in keys] for r in rows], width)

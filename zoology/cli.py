@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -15,7 +17,8 @@ import attrs
 
 from zoology.errors import UserError
 from zoology.plugins import Component, get_registry
-from zoology.tables import format_table
+from zoology.progress import SweepProgress
+from zoology.tables import format_table, output_width
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -82,19 +85,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             continue
         todo.append((point, exp, run_dir))
 
+    # one bar over the sweep on a terminal (stderr), on the main process; result lines always
+    progress = SweepProgress(len(todo), enabled=not args.quiet and len(todo) > 1 and _on_terminal())
+
     def report(summary: dict[str, Any], run_dir: Any) -> None:
         if summary.get("processes", 1) == 1 or _is_main():
-            print(_result_line(summary, run_dir), flush=True)
+            progress.finished(run_dir, str(summary.get("status")), _result_line(summary, run_dir))
 
-    if args.backend == "ray" or args.parallel > 1:
-        jobs = [(run_dir, launch.worker_command(args.experiment, exp.run_id, args.out, args.set, args.rerun), exp.name)
-                for _, exp, run_dir in todo]
-        if args.backend == "ray":
-            failed = launch.run_ray(jobs, args.address, args.cpus_per_run, args.gpus_per_run, report)
+    try:
+        if args.backend == "ray" or args.parallel > 1:
+            jobs = [(run_dir, launch.worker_command(args.experiment, exp.run_id, args.out, args.set, args.rerun), exp.name)
+                    for _, exp, run_dir in todo]
+            if args.backend == "ray":
+                failed = launch.run_ray(jobs, args.address, args.cpus_per_run, args.gpus_per_run, report, progress)
+            else:
+                failed = launch.run_local(jobs, args.parallel, report, progress)
         else:
-            failed = launch.run_local(jobs, args.parallel, report)
-    else:
-        failed = launch.run_inline(todo, args.quiet, report)
+            failed = launch.run_inline(todo, args.quiet, report, progress)
+    finally:
+        progress.close()
     if len(runs) > 1:
         print(f"{len(runs)} runs: {len(runs) - len(todo)} already done, {len(todo)} run, {failed} failed")
         if failed:
@@ -102,6 +111,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if run_dir.status() == "failed":
                     print(f"  failed: {exp.run_id} → {run_dir}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _on_terminal() -> bool:
+    """stderr is a terminal and this is not a secondary process of a distributed run."""
+    return sys.stderr.isatty() and os.environ.get("RANK", "0") == "0"
 
 
 def _is_main() -> bool:
@@ -130,6 +144,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # -- listing -------------------------------------------------------------------------------
 
 
+def plain(text: str) -> str:
+    """Docstring text for the terminal: RST markup (``literal``, :role:`target`, `x`,
+    a closing ``::``) reduced to its words."""
+    text = re.sub(r":[\w:.-]+:`~?([^`]+)`", r"\1", text)  # :func:`name` → name
+    text = re.sub(r"``(.+?)``", r"\1", text, flags=re.S)
+    text = re.sub(r"(?<![\w`])`([^`\n]+)`(?![\w`])", r"\1", text)
+    text = re.sub(r"(\S)::$", r"\1:", text, flags=re.M)
+    # refill plain paragraphs (their lines got shorter); keep indented blocks and lists as written
+    paragraphs = text.split("\n\n")
+    return "\n\n".join(textwrap.fill(" ".join(p.split()), 88) if "\n" in p and not re.search(r"^(\s|[-*•]|\d+\.)", p, re.M)
+                       else p for p in paragraphs)
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     reg = get_registry()
     infos = list(reg.plugins.values())
@@ -143,7 +170,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
              "; ".join(x for x in (", ".join(i.components), i.error and " ".join(i.error.split())) if x)
              or "-"] for i in infos]
     print(format_table(["plugin", "distribution", "version", "entry point", "hooks (zoology_register_*)",
-                        "status", "registers / error"], rows))
+                        "status", "registers / error"], rows, output_width(args.width)))
     return EXIT_OK
 
 
@@ -153,24 +180,26 @@ def _list(kind: str, args: argparse.Namespace) -> int:
         print(json.dumps([{"name": c.name, "plugin": c.plugin, "version": c.version, "doc": c.doc}
                           for c in comps], indent=2))
         return EXIT_OK
-    print(format_table([kind, "plugin", "description"], [[c.name, c.plugin, c.doc] for c in comps]))
+    print(format_table([kind, "plugin", "description"], [[c.name, c.plugin, plain(c.doc)] for c in comps],
+                       output_width(args.width)))
     return EXIT_OK
 
 
-def _params_table(comp: Component) -> str:
-    rows = [[p.name, p.type, "(required)" if p.required else repr(p.default), p.doc] for p in comp.params]
-    return format_table(["parameter", "type", "default", "description"], rows) if rows else "(no parameters)"
+def _params_table(comp: Component, width: int | None = None) -> str:
+    rows = [[p.name, p.type, "(required)" if p.required else repr(p.default), plain(p.doc)] for p in comp.params]
+    header = ["parameter", "type", "default", "description"]
+    return format_table(header, rows, width, wrap=True) if rows else "(no parameters)"
 
 
-def show_task(comp: Component) -> str:
+def show_task(comp: Component, width: int | None = None) -> str:
     from zoology.tasks.base import IGNORE_INDEX
 
     cls = comp.cls
     params = {**getattr(cls, "example", {}), "num_examples": 2}
     task = cls(**params)
     seg = task.generate(0)
-    lines = [f"task {comp.name} (plugin {comp.plugin})", "", inspect.cleandoc(cls.__doc__ or ""), "",
-             _params_table(comp), "",
+    lines = [f"task {comp.name} (plugin {comp.plugin})", "", plain(inspect.cleandoc(cls.__doc__ or "")), "",
+             _params_table(comp, width), "",
              f"two examples with {', '.join(f'{k}={v}' for k, v in params.items())} "
              "(scored positions as [input → label]):"]
     for i in range(len(seg)):
@@ -183,15 +212,15 @@ def show_task(comp: Component) -> str:
     return "\n".join(lines)
 
 
-def show_mixer(comp: Component) -> str:
+def show_mixer(comp: Component, width: int | None = None) -> str:
     import torch
 
     from zoology.mixer_context import MixerContext, build_mixer
 
     cls = comp.cls
-    lines = [f"{comp.role} mixer {comp.name} (plugin {comp.plugin})", "", inspect.cleandoc(cls.__doc__ or ""), "",
-             _params_table(comp), ""]
-    state_doc = inspect.getdoc(getattr(cls, "state_size", None)) or "(not documented)"
+    lines = [f"{comp.role} mixer {comp.name} (plugin {comp.plugin})", "", plain(inspect.cleandoc(cls.__doc__ or "")),
+             "", _params_table(comp, width), ""]
+    state_doc = plain(inspect.getdoc(getattr(cls, "state_size", None)) or "(not documented)")
     lines.append(f"state size: {state_doc}")
     ctx = MixerContext()
     try:
@@ -206,7 +235,8 @@ def show_mixer(comp: Component) -> str:
 
 def cmd_show(args: argparse.Namespace) -> int:
     comp = get_registry().get(args.kind, args.name)
-    print(show_task(comp) if args.kind == "task" else show_mixer(comp))
+    width = output_width(args.width)
+    print(show_task(comp, width) if args.kind == "task" else show_mixer(comp, width))
     return EXIT_OK
 
 
@@ -223,7 +253,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows.append(row)
         if not args.quiet:
             print("  ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
-    print(json.dumps(rows, indent=2) if args.json else bench.format_rows(rows))
+    print(json.dumps(rows, indent=2) if args.json else bench.format_rows(rows, output_width(args.width)))
     return EXIT_OK
 
 
@@ -245,16 +275,59 @@ def cmd_report(args: argparse.Namespace) -> int:
     from zoology.report import report
 
     print(report(args.runs_dir, group_by=args.group_by, best_over=args.best_over, csv_path=args.csv,
-                 plot_path=args.plot, x=args.x, metric=args.metric))
+                 plot_path=args.plot, x=args.x, metric=args.metric, curves_path=args.curves,
+                 as_json=args.json, width=output_width(args.width)))
+    return EXIT_OK
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from zoology.scaffold import new_plugin
+
+    both = not (args.task or args.mixer)
+    root = new_plugin(args.name, args.out, task=args.task or both, mixer=args.mixer or both)
+    print(f"wrote {root}:")
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        print(f"  {path.relative_to(root)}")
+    print(f"next: pip install -e '{root}[test]' && pytest {root} && zoology plugins")
     return EXIT_OK
 
 
 # -- entry point ---------------------------------------------------------------------------
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help where there is a default worth showing and
+    the help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (not text or "default" in text.lower() or default is None or default is False
+                or default is argparse.SUPPRESS or default == [] or not action.option_strings):
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """Every (sub)command's parser shows defaults in its --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _width_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--width", type=int, metavar="N",
+                   help="cut table lines to N characters (0: never); by default the terminal's width "
+                        "when printing to one, whole lines into a pipe or file")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoology", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from zoology import __version__
+
+    parser = Parser(prog="zoology", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"zoology {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     def experiment_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("experiment", type=Path, help="experiment TOML file")
@@ -286,11 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("plugins", help="installed plugins and what they register")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="every field in full, as JSON")
+    _width_arg(p)
     p.set_defaults(func=cmd_plugins)
     for kind in ("task", "mixer"):
         p = sub.add_parser(f"{kind}s", help=f"registered {kind}s")
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="every field in full, as JSON")
+        _width_arg(p)
         p.set_defaults(func=lambda a, kind=kind: _list(kind, a))
 
     p = sub.add_parser("bench", help="benchmarks: task generation speed or mixer throughput")
@@ -299,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-row progress on stderr")
+    _width_arg(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("data", help="the data an experiment trains on")
@@ -312,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="parameters and docs of one task or mixer")
     p.add_argument("kind", choices=["task", "mixer"])
     p.add_argument("name")
+    _width_arg(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("report", help="table (and figure) of the runs under a directory")
@@ -323,19 +400,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best-over", action="append", default=[], metavar="KEY",
                    help="keep the validation-best run of runs differing only in KEY, "
                         "e.g. --best-over lr")
-    p.add_argument("--csv", type=Path, metavar="OUT.csv", help="where the CSV goes (default RUNS_DIR/report.csv)")
+    p.add_argument("--json", action="store_true",
+                   help="print the rows as a JSON array (raw values, each row's run path) instead of the table")
+    p.add_argument("--csv", type=Path, metavar="OUT.csv", help="also write the table as CSV to OUT.csv")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="draw accuracy vs state size, a panel per seq len")
     p.add_argument("--x", choices=["state_size", "d_model"], default="state_size", help="the figure's x axis")
+    p.add_argument("--curves", type=Path, metavar="OUT.png",
+                   help="draw learning curves: validation accuracy (--metric's valid/ twin) per epoch, "
+                        "a line per run, a colour per row of the table")
     p.add_argument("--metric", default="test/accuracy",
-                   help="test metric to report (selection uses its valid/ twin); default test/accuracy")
+                   help="test metric to report (selection uses its valid/ twin)")
+    _width_arg(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("new", help="start something new from a template")
+    new_sub = p.add_subparsers(dest="new_command", required=True, metavar="WHAT")
+    p = new_sub.add_parser("plugin", help="a plugin package (task and/or mixer skeletons that pass "
+                                          "Zoology's conformance checks, tests, an example, a README)")
+    p.add_argument("name", metavar="NAME", help="the plugin's name, e.g. my-recall (package zoology-my-recall)")
+    p.add_argument("--task", action="store_true", help="a task skeleton (with --mixer: both; neither: both)")
+    p.add_argument("--mixer", action="store_true", help="a mixer skeleton")
+    p.add_argument("--out", type=Path, default=Path("."), help="folder to create zoology-NAME/ in")
+    p.set_defaults(func=cmd_new_plugin)
     return parser
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout went away (``zoology tasks | head``): stop quietly, as Unix
+    tools do, with 128 + SIGPIPE; later writes and the exit flush go to /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured)
+        pass
+    return 141
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _stdout_gone()
     except UserError as exc:
         print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
         return EXIT_USAGE

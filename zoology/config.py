@@ -146,15 +146,77 @@ class TrainConfig:
 
 @attrs.frozen
 class WandbConfig:
-    project: str
+    """``[logging.wandb]``: where the W&B run goes. Zoology sets the rest: the run id (kept in
+    the run directory, so a resumed run continues the same W&B run), name (the run id),
+    group (the experiment) and config (the resolved experiment)."""
+
+    project: str = "zoology"
     entity: str | None = None
+    # None: wandb decides (WANDB_MODE, login); an explicit mode overrides WANDB_MODE
     mode: Literal["online", "offline", "disabled"] | None = None
     tags: list[str] = attrs.Factory(list)
 
 
+def tracker_names() -> list[str]:
+    """Every tracker Accelerate knows by name: its own (wandb, tensorboard, mlflow, aim,
+    comet_ml, clearml, dvclive, swanlab, trackio, ...) and any registered with
+    ``accelerate.tracking.register_tracker_class`` before the experiment loads."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    return sorted(LOGGER_TYPE_TO_CLASS)
+
+
 @attrs.frozen
 class LoggingConfig:
+    """``[logging]``: experiment trackers, run through Accelerate on the main process.
+
+    ``trackers`` names them; left out, it is every tracker that has a table here (so a
+    ``[logging.wandb]`` table alone means ``trackers = ["wandb"]``). ``[logging.wandb]`` is
+    typed (:class:`WandbConfig`). Any other tracker's table, e.g. ``[logging.tensorboard]``
+    or ``[logging.mlflow]``, holds keyword arguments for Accelerate's tracker class (for
+    TensorBoard: ``torch.utils.tensorboard.SummaryWriter``'s) and lands in ``options``
+    under the tracker's name; in TOML it is ``[logging.NAME]``, never a key ``options``.
+    """
+
+    trackers: list[str] | None = None
     wandb: WandbConfig | None = None
+    options: dict[str, dict[str, Any]] = attrs.Factory(dict)
+
+    @property
+    def implied(self) -> list[str]:
+        """The trackers the tables name, in the order ``trackers`` defaults to."""
+        return [*(["wandb"] if self.wandb is not None else []), *self.options]
+
+    def __attrs_post_init__(self) -> None:
+        if not self.trackers and not self.options:
+            if self.trackers is None:
+                object.__setattr__(self, "trackers", self.implied)
+            elif self.wandb is not None:
+                raise FieldError("wandb", _unlisted("wandb", self.trackers))
+            return
+        known = tracker_names()
+        for name in self.options:
+            if name in ("trackers", "wandb", "options") or name not in known:
+                close = difflib.get_close_matches(name, ["trackers", "wandb", *known], n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise FieldError(name, f"unknown key; {hint}allowed: trackers, wandb, or a table of options "
+                                       f"named after a tracker ({', '.join(known)})")
+        if self.trackers is None:
+            object.__setattr__(self, "trackers", self.implied)
+            return
+        for name in self.trackers:
+            if name not in known:
+                raise FieldError("trackers", f"unknown tracker {name!r}; Accelerate's trackers: {', '.join(known)}")
+        if len(set(self.trackers)) < len(self.trackers):
+            raise FieldError("trackers", f"names a tracker twice: {self.trackers}")
+        for name in self.implied:
+            if name not in self.trackers:
+                raise FieldError(name, _unlisted(name, self.trackers))
+
+
+def _unlisted(name: str, trackers: list[str]) -> str:
+    return (f"[logging.{name}] is set but logging.trackers = {trackers} leaves {name!r} out; "
+            "add it there or remove the table")
 
 
 def _path_component(inst: Any, attribute: attrs.Attribute, value: str) -> None:
@@ -285,6 +347,30 @@ def make_converter(registry: Registry | None = None) -> cattrs.Converter:
         resolved = conv.structure(params, comp.params_cls)
         return MixerSpec(comp.name, attrs.asdict(resolved), comp.cls)
 
+    logging_base = make_dict_structure_fn(LoggingConfig, conv, _cattrs_forbid_extra_keys=True)
+
+    def structure_logging(value: Any, _: Any) -> LoggingConfig:
+        # [logging.NAME] tables of trackers other than wandb are their options
+        if not isinstance(value, dict):
+            raise TypeError(f"must be a table, got {type(value).__name__} {value!r}")
+        own = {k: v for k, v in value.items() if k in ("trackers", "wandb")}
+        if not isinstance(own.get("trackers", []), list):
+            raise FieldError("trackers", f'must be an array of tracker names, e.g. ["wandb", "tensorboard"], '
+                                         f"got {own['trackers']!r}")
+        options = {k: v for k, v in value.items() if k not in own}
+        for key, table in options.items():
+            if not isinstance(table, dict):
+                raise FieldError(key, f"must be a table of the {key} tracker's options, got {table!r}")
+        return logging_base({**own, "options": options}, LoggingConfig)
+
+    def unstructure_logging(cfg: LoggingConfig) -> dict[str, Any]:
+        out: dict[str, Any] = {} if cfg.trackers == cfg.implied else {"trackers": list(cfg.trackers or [])}
+        if cfg.wandb is not None:
+            out["wandb"] = conv.unstructure(cfg.wandb)
+        return {**out, **{k: dict(v) for k, v in cfg.options.items()}}
+
+    conv.register_structure_hook(LoggingConfig, structure_logging)
+    conv.register_unstructure_hook(LoggingConfig, unstructure_logging)
     conv.register_structure_hook_func(lambda t: t is Task, structure_task)
     conv.register_structure_hook_func(lambda t: t is MixerSpec, structure_mixer)
     conv.register_unstructure_hook(Task, lambda t: {"task": t.name, **conv.unstructure(t.params())})

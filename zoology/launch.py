@@ -24,6 +24,7 @@ from zoology.runs import SUMMARY, RunDir, RunLocked
 
 if TYPE_CHECKING:
     from zoology.config import Experiment
+    from zoology.progress import SweepProgress
     from zoology.sweep import Point
 
 Report = Callable[[dict[str, Any], RunDir], None]
@@ -100,12 +101,15 @@ def stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_inline(jobs: list[tuple[Point, Experiment, RunDir]], quiet: bool, report: Report) -> int:
+def run_inline(jobs: list[tuple[Point, Experiment, RunDir]], quiet: bool, report: Report,
+               progress: SweepProgress | None = None) -> int:
     """Train each (sweep point, experiment, run dir) in this process, one after another."""
     from zoology.train import train
 
     failed = 0
     for point, exp, run_dir in jobs:
+        if progress is not None:
+            progress.started(run_dir)
         try:
             summary = train(exp, run_dir, quiet=quiet, point=point)
         except RunLocked as exc:
@@ -123,13 +127,14 @@ def run_inline(jobs: list[tuple[Point, Experiment, RunDir]], quiet: bool, report
     return failed
 
 
-def run_local(jobs: list[tuple[RunDir, list[str], str]], parallel: int, report: Report) -> int:
+def run_local(jobs: list[tuple[RunDir, list[str], str]], parallel: int, report: Report,
+              progress: SweepProgress | None = None) -> int:
     """Run each (run dir, command, experiment name) in a worker process, ``parallel`` at a time."""
     pending = list(jobs)
     running: dict[int, tuple[subprocess.Popen, RunDir, str, Any]] = {}
     try:
         with stop_on_sigterm():
-            return _supervise(pending, running, parallel, report)
+            return _supervise(pending, running, parallel, report, progress)
     except (KeyboardInterrupt, Stopped) as exc:  # stop the workers, wait for them, record
         sig = signal.SIGTERM if isinstance(exc, Stopped) else signal.SIGINT
         for proc, *_ in running.values():
@@ -146,7 +151,7 @@ def run_local(jobs: list[tuple[RunDir, list[str], str]], parallel: int, report: 
 
 
 def _supervise(pending: list[tuple[RunDir, list[str], str]], running: dict[int, Any], parallel: int,
-               report: Report) -> int:
+               report: Report, progress: SweepProgress | None) -> int:
     failed = 0
     while pending or running:
         for slot in range(parallel):
@@ -156,7 +161,11 @@ def _supervise(pending: list[tuple[RunDir, list[str], str]], running: dict[int, 
                 log = open(run_dir.path / "worker.log", "wb")  # noqa: SIM115 (closed when the worker ends)
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=slot_env(slot, parallel))
                 running[slot] = (proc, run_dir, name, log)
+                if progress is not None:
+                    progress.started(run_dir)
         time.sleep(0.2)
+        if progress is not None:
+            progress.tick()
         for slot, (proc, run_dir, name, log) in list(running.items()):
             code = proc.poll()
             if code is None:
@@ -170,7 +179,7 @@ def _supervise(pending: list[tuple[RunDir, list[str], str]], running: dict[int, 
 
 
 def run_ray(jobs: list[tuple[RunDir, list[str], str]], address: str | None, cpus: float, gpus: float,
-            report: Report) -> int:
+            report: Report, progress: SweepProgress | None = None) -> int:
     """Each run as a Ray task (``pip install zoology[ray]``); paths must be shared by the nodes."""
     try:
         import ray
@@ -189,15 +198,23 @@ def run_ray(jobs: list[tuple[RunDir, list[str], str]], address: str | None, cpus
                  **({} if address else {"num_cpus": os.cpu_count()}))
     try:
         futures = {}
+        submitted = time.time()
         for run_dir, cmd, name in jobs:
             run_dir.path.mkdir(parents=True, exist_ok=True)
             futures[execute.remote(cmd, str(run_dir.path / "worker.log"))] = (run_dir, name)
         failed = 0
         remaining = list(futures)
+        waiting = set(remaining)  # for the progress bar: not yet seen starting
         try:
             with stop_on_sigterm():
                 while remaining:
-                    done, remaining = ray.wait(remaining, num_returns=1)
+                    done, remaining = ray.wait(remaining, num_returns=1, timeout=1.0 if progress else None)
+                    if progress is not None:
+                        _ray_started(futures, waiting, submitted, progress)
+                        progress.tick()
+                    if not done:
+                        continue
+                    waiting.discard(done[0])
                     failed += _collect(ray, done[0], *futures[done[0]], report)
         except (KeyboardInterrupt, Stopped):  # cancel what is left; a rerun resumes it
             for future in remaining:
@@ -221,3 +238,18 @@ def _collect(ray: Any, future: Any, run_dir: RunDir, name: str, report: Report) 
     summary = record_exit(run_dir, run_dir.path.name, name, code)
     report(summary, run_dir)
     return int(summary.get("status") == "failed")
+
+
+def _ray_started(futures: dict[Any, tuple[RunDir, str]], waiting: set[Any], since: float,
+                 progress: SweepProgress) -> None:
+    """Runs whose Ray task has begun: it opens its ``worker.log`` (on the shared file system)
+    when it starts, so a log written since submission means the run is under way."""
+    for future in list(waiting):
+        log = futures[future][0].path / "worker.log"
+        try:
+            begun = log.stat().st_mtime >= since - 1.0
+        except OSError:
+            continue
+        if begun:
+            waiting.discard(future)
+            progress.started(futures[future][0])

@@ -30,7 +30,7 @@ from zoology.files import atomic_write, read_json
 from zoology.metrics import parse as parse_metric
 from zoology.metrics import per_slice, twin
 from zoology.paths import flatten, lookup, matches, normalize
-from zoology.runs import CONFIG, SUMMARY
+from zoology.runs import CONFIG, METRICS, SUMMARY
 from zoology.tables import format_table
 
 ALIASES: dict[str, str] = {
@@ -75,6 +75,23 @@ class Run:
         exp = self.summary.get("experiment") or self.config.get("name") or self.path.parent.name
         run_id = self.summary.get("run_id") or self.config.get("run_id") or self.path.name
         return f"{exp}/{run_id}"
+
+    def history(self) -> list[dict[str, Any]]:
+        """The per-epoch records of ``metrics.jsonl`` (none if it is missing; a torn line,
+        from a run killed while writing, is skipped)."""
+        try:
+            lines = (self.path / METRICS).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return []
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
 
     def metric(self, name: str) -> float | None:
         """A test metric (``test/...``) of the selected model, or a validation metric
@@ -173,11 +190,17 @@ def _excluded(path: str, keys: Sequence[str]) -> bool:
 
 
 def _identity(run: Run, best_over: Sequence[str]) -> tuple:
-    """What a run is, apart from ``best_over`` keys and its run id."""
+    """What a run is, apart from ``best_over`` keys, its run id and its trackers."""
     if not run.config:
         return ("no config", str(run.path))
     leaves = flatten(run.config)
-    return tuple(sorted((p, repr(v)) for p, v in leaves.items() if p != "run_id" and not _excluded(p, best_over)))
+    return tuple(sorted((p, repr(v)) for p, v in leaves.items()
+                        if not _bookkeeping(p) and not _excluded(p, best_over)))
+
+
+def _bookkeeping(path: str) -> bool:
+    """Config paths that never change a result: the run id and where metrics are logged."""
+    return path == "run_id" or path.startswith("logging.")
 
 
 # -- selection and rows --------------------------------------------------------------------
@@ -302,7 +325,7 @@ def hidden_differences(rows: Sequence[Row], group_by: Sequence[str]) -> list[str
     for members in same.values():
         if len(members) > 1:
             leaves = [flatten(r.run.config) for r in members]
-            for p in set().union(*leaves) - {"run_id"}:
+            for p in {p for leaf in leaves for p in leaf if not _bookkeeping(p)}:
                 if len({repr(leaf.get(p)) for leaf in leaves}) > 1:
                     paths.add(p)
     return sorted(paths)
@@ -356,9 +379,19 @@ def table_rows(rows: Sequence[Row], group_by: Sequence[str], best_over: Sequence
     return header, cells
 
 
-def format_cells(header: Sequence[str], cells: Sequence[Sequence[Any]]) -> str:
-    """The report as aligned plain-text columns."""
-    return format_table(header, [[_fmt(v, h) for v, h in zip(r, header)] for r in cells])
+def format_cells(header: Sequence[str], cells: Sequence[Sequence[Any]], width: int | None = None) -> str:
+    """The report as aligned plain-text columns, at most ``width`` characters a line."""
+    return format_table(header, [[_fmt(v, h) for v, h in zip(r, header)] for r in cells], width)
+
+
+def to_records(header: Sequence[str], cells: Sequence[Sequence[Any]], rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """The report as JSON-ready objects, one per row: every column with its raw value (NaN
+    as null) and ``path``, the representative run's directory."""
+    def clean(value: Any) -> Any:
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    return [{**{h: clean(v) for h, v in zip(header, cell)}, "path": str(row.run.path)}
+            for cell, row in zip(cells, rows)]
 
 
 def to_csv(header: Sequence[str], cells: Sequence[Sequence[Any]]) -> str:
@@ -481,6 +514,61 @@ def plot(rows: Sequence[Row], out: str | Path, x: str = "state_size", metric: st
     return out
 
 
+def _row_label(row: Row, keys: Sequence[str]) -> str:
+    return " ".join(f"{k}={_fmt(row.keys[k], k)}" for k in keys) or row.run.label
+
+
+def plot_curves(rows: Sequence[Row], out: str | Path, metric: str = "valid/accuracy",
+                keys: Sequence[str] = (), title: str | None = None) -> Path:
+    """Learning curves: ``metric`` (a validation metric) per epoch from each run's
+    ``metrics.jsonl``, one line per run, one colour per row of the table (a configuration;
+    with ``best_over`` the selected one), so the replicates of a configuration share a
+    colour. MQAR's plateau-then-jump, and how its timing varies with the seed, shows here.
+    ``keys`` name the rows in the legend (default: the run label)."""
+    try:
+        from matplotlib import colormaps
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        raise UserError("--curves needs matplotlib: pip install 'zoology[plot]'") from None
+    curves = []  # (row index, epochs, values)
+    for i, row in enumerate(rows):
+        for run in row.replicates or [row.run]:
+            points = [(r["epoch"], r[metric]) for r in run.history()
+                      if isinstance(r.get("epoch"), int) and isinstance(r.get(metric), (int, float))]
+            if points:
+                curves.append((i, *zip(*points)))
+    if not curves:
+        raise UserError(f"--curves: no run has {metric} per epoch (metrics.jsonl)")
+    shown = sorted({c[0] for c in curves})
+    cmap = colormaps["tab10" if len(shown) <= 10 else "tab20" if len(shown) <= 20 else "viridis"]
+    colors = {i: cmap(k % cmap.N) if len(shown) <= 20 else cmap(k / max(1, len(shown) - 1))
+              for k, i in enumerate(shown)}
+    fig = Figure(figsize=(8.5 if len(shown) <= 12 else 11, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    labelled: set[int] = set()
+    for i, epochs, values in curves:
+        ax.plot(epochs, values, color=colors[i], linewidth=1.2, alpha=0.85, marker="." if len(epochs) < 30 else None,
+                label=_row_label(rows[i], keys) if i not in labelled else None)
+        labelled.add(i)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(metric.replace("/", " ", 1).replace("/", " · "))
+    if (parse_metric(metric) or parse_metric("valid/accuracy")).quantity == "accuracy":
+        ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize="small" if len(shown) <= 20 else "x-small",
+               ncol=1 if len(shown) <= 30 else 2)
+    ax.set_title(title or f"{metric} per epoch")
+    out = Path(out)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=out.suffix.lstrip(".").lower() or "png", dpi=120)
+    _write(out, buf.getvalue(), "--curves")
+    return out
+
+
 def _write(path: Path, data: bytes, option: str) -> None:
     try:
         atomic_write(path, data)
@@ -501,8 +589,11 @@ def _handle_for(axes: Sequence[Any], mixer: str) -> Any:
 
 def report(root: str | Path, group_by: Sequence[str] = (), best_over: Sequence[str] = (),
            csv_path: str | Path | None = None, plot_path: str | Path | None = None,
-           x: str = "state_size", metric: str = "test/accuracy") -> str:
-    """Everything ``zoology report`` does; returns the text it prints."""
+           x: str = "state_size", metric: str = "test/accuracy", curves_path: str | Path | None = None,
+           as_json: bool = False, width: int | None = None) -> str:
+    """Everything ``zoology report`` does; returns the text it prints: the table (at most
+    ``width`` characters a line) and notes, or with ``as_json`` the rows as a JSON array
+    (:func:`to_records`). The CSV, figure and curves are written only where asked."""
     if not metric.startswith("test/"):
         raise UserError(f"--metric {metric}: must be a test metric (test/...); "
                         "selection uses its validation twin")
@@ -518,7 +609,24 @@ def report(root: str | Path, group_by: Sequence[str] = (), best_over: Sequence[s
     group_by = list(group_by) or default_group_by(runs, best_over)
     rows = build_rows(runs, group_by, best_over, metric)
     header, cells = table_rows(rows, group_by, best_over, metric)
-    lines = [format_cells(header, cells), ""]
+    notes = []
+    if csv_path:
+        _write(Path(csv_path), to_csv(header, cells).encode("utf-8"), "--csv")
+        notes.append(f"table → {csv_path}")
+    names = sorted({str(key_value(r.run, "experiment")) for r in rows})
+    names_text = f"{', '.join(names[:3])}{' …' if len(names) > 3 else ''}"
+    if plot_path:
+        title = f"{names_text}: {metric} vs {X_AXES[x].split(' (')[0]}"
+        if best_over:
+            title += f" (best over {', '.join(best_over)})"
+        notes.append(f"figure → {plot(rows, plot_path, x=x, metric=metric, title=title)}")
+    if curves_path:
+        select = valid_metric(metric)
+        title = f"{names_text}: {select} per epoch" + (f" (best over {', '.join(best_over)})" if best_over else "")
+        notes.append(f"curves → {plot_curves(rows, curves_path, select, [*group_by, *best_over], title)}")
+    if as_json:
+        return json.dumps(to_records(header, cells, rows), indent=2, default=str)
+    lines = [format_cells(header, cells, width), ""]
     done = sum(r.status == "done" for r in runs)
     lines.append(f"{len(runs)} runs ({done} done), {len(rows)} rows"
                  + (f", best of each group by {valid_metric(metric)} over {', '.join(best_over)}"
@@ -531,14 +639,4 @@ def report(root: str | Path, group_by: Sequence[str] = (), best_over: Sequence[s
     if hidden:
         lines.append(f"note: rows with the same {', '.join(group_by)} differ in "
                      f"{', '.join(hidden)} (add --group-by or --best-over)")
-    csv_out = Path(csv_path) if csv_path else Path(root) / "report.csv"
-    _write(csv_out, to_csv(header, cells).encode("utf-8"), "--csv")
-    lines.append(f"table → {csv_out}")
-    if plot_path:
-        names = sorted({str(key_value(r.run, "experiment")) for r in rows})
-        title = (f"{', '.join(names[:3])}{' …' if len(names) > 3 else ''}: "
-                 f"{metric} vs {X_AXES[x].split(' (')[0]}")
-        if best_over:
-            title += f" (best over {', '.join(best_over)})"
-        lines.append(f"figure → {plot(rows, plot_path, x=x, metric=metric, title=title)}")
-    return "\n".join(lines)
+    return "\n".join(lines + notes)

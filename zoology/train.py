@@ -2,7 +2,8 @@
 
 One process or many (``accelerate launch`` / ``torchrun``): ``data.batch_size`` is the
 global batch of one optimizer step, split over processes and gradient-accumulation steps.
-Only the main process prints, writes the run directory and talks to wandb.
+Only the main process prints, writes the run directory and logs to the trackers
+(``[logging]``, see :mod:`zoology.tracking`).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from zoology.tensorfile import CorruptFile
 from zoology.tracking import Tracker
 
 
-def make_accelerator(exp: Experiment) -> Accelerator:
-    """Check what this machine can do for ``exp``, then build the Accelerator."""
+def make_accelerator(exp: Experiment, log_with: list[Any] | None = None) -> Accelerator:
+    """Check what this machine can do for ``exp``, then build the Accelerator (``log_with``:
+    the run's trackers, :attr:`zoology.tracking.Tracker.trackers`)."""
     cuda = torch.cuda.is_available()
     if exp.train.mixed_precision == "fp16" and not cuda:
         raise UserError(
@@ -55,6 +57,7 @@ def make_accelerator(exp: Experiment) -> Accelerator:
         cpu=not cuda,
         mixed_precision=exp.train.mixed_precision,
         gradient_accumulation_steps=exp.train.gradient_accumulation_steps,
+        log_with=log_with or None,
     )
     shards = acc.num_processes * exp.train.gradient_accumulation_steps
     if exp.data.batch_size % shards:
@@ -179,11 +182,12 @@ class Trainer:
 
     def __init__(self, exp: Experiment, run_dir: RunDir, quiet: bool = False, point: Point | None = None) -> None:
         self.exp, self.run_dir, self.quiet = exp, run_dir, quiet
-        self.acc = acc = make_accelerator(exp)
+        self.found = checkpoint.find(run_dir.path)
+        self.tracker = Tracker(exp, run_dir.path, resume=self.found)
+        self.acc = acc = make_accelerator(exp, log_with=self.tracker.trackers)
         self.main = acc.is_main_process
         self.start = time.time()
         self.resolved = dump_experiment(exp)
-        self.found = checkpoint.find(run_dir.path)
         if self.found is not None:
             old = run_dir.path / CONFIG
             if not old.exists() or old.read_text(encoding="utf-8") != self.resolved:
@@ -344,14 +348,23 @@ class Trainer:
                                                      "epochs": [self.first_epoch, epoch], "ended": status}]
         if self.main:
             self.run_dir.write_json(SUMMARY, self.summary)
-            self.tracker.finish(self.summary)
+            self.tracker.finish(self.summary, self.step)
         acc.wait_for_everyone()
         return self.summary
 
     def fit(self) -> dict[str, Any]:
         """Run to the end (or to early stopping) and return the summary (also in ``summary.json``)."""
         self.restore()
-        self.tracker = Tracker(self.exp, str(self.run_dir.path), enabled=self.main)
+        if self.main:
+            self.tracker.start(self.acc)
+        try:
+            return self._fit()
+        except BaseException:
+            if self.main:
+                self.tracker.abort()
+            raise
+
+    def _fit(self) -> dict[str, Any]:
         cfg, stop = self.exp.train, self.exp.train.early_stopping
         # a run resumed from the checkpoint of the epoch that met the early-stopping threshold
         stopped = stop is not None and stop.metric in self.best_record and \
