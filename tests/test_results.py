@@ -1,6 +1,7 @@
 """zoology.load_runs: one record per run, from a real trained sweep."""
 
 import importlib.util
+import sys
 import shutil
 
 import pytest
@@ -60,7 +61,7 @@ def test_as_frame_gives_a_dataframe(trained):
     assert sorted(df["model.d_model"]) == [8, 16]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pandas") is not None, reason="pandas is installed")
-def test_as_frame_without_pandas_says_what_to_install(trained):
+def test_as_frame_without_pandas_says_what_to_install(trained, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if not installed: import pandas fails
     with pytest.raises(ImportError, match="pip install pandas"):
         zoology.load_runs(trained, as_frame=True)
