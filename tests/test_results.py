@@ -1,8 +1,8 @@
 """zoology.load_runs: one record per run, from a real trained sweep."""
 
 import importlib.util
-import sys
 import shutil
+import sys
 
 import pytest
 
