@@ -60,7 +60,7 @@ def test_plugins_table_fits_the_width_json_keeps_everything(capsys):
 def test_help_shows_defaults():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
-    assert "(default: 1)" in sub["run"].format_help()  # --parallel
+    assert "(default: 1.0)" in sub["run"].format_help()  # --cpus-per-run
     assert "(default: state_size)" in sub["report"].format_help()  # --x
     assert "(default: None)" not in sub["report"].format_help()
     assert "(default: False)" not in sub["run"].format_help()

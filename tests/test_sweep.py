@@ -174,3 +174,5 @@ def test_ray_backend_runs_two(write, tmp_path, capsys):
     assert main(["run", str(write(text)), "--out", str(tmp_path), "--backend", "ray", "--cpus-per-run", "1"]) == 0
     for run in ("d16", "d32"):
         assert json.loads((tmp_path / "exp" / run / "summary.json").read_text())["status"] == "done"
+        assert "1 CPU(s), 0 GPU(s), GPU ids []" in (tmp_path / "exp" / run / "worker.log").read_text()
+    assert "each 1 CPU(s) and 0 GPU(s) (cluster:" in capsys.readouterr().err  # a CPU-only cluster: 0 by default

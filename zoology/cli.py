@@ -49,6 +49,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from zoology.config import load_points
     from zoology.runs import RunDir, RunLocked, prepare_root
 
+    if args.json and not args.dry_run:
+        raise UserError("--json: only with --dry-run (the runs and their resources as JSON)")
     runs = load_points(args.experiment, args.set)  # every run validated up front
     if args.only:
         unknown = sorted(set(args.only) - {e.run_id for _, e in runs})
@@ -59,14 +61,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.force:
         for _, exp in runs:
             budget.check(exp, str(args.experiment))
-    if args.dry_run:
-        rows = [[e.run_id, RunDir(args.out, e.name, e.run_id).status() or "-",
-                 " ".join(f"{k}={v}" for k, v in p.labels.items())] for p, e in runs]
-        print(format_table(["run", "status", "varied values"], rows))
-        print(f"{len(runs)} runs, all valid; nothing trained (--dry-run)")
-        return EXIT_OK
-    prepare_root(args.out)
+    distributed = launch.distributed_launch()
+    if distributed and (args.backend == "ray" or args.parallel is not None or args.gpus_per_run is not None):
+        raise UserError("--backend ray, --parallel and --gpus-per-run hand out devices; under torchrun or "
+                        "accelerate launch the launcher has done that: run without them")
     run_dirs = [RunDir(args.out, exp.name, exp.run_id) for _, exp in runs]
+    statuses = [d.status() for d in run_dirs]
+    plan = None
+    if args.backend == "local" and not distributed:
+        plan = launch.plan_local(args.parallel, args.gpus_per_run, sum(args.rerun or s != "done" for s in statuses))
+    if args.dry_run:
+        return _dry_run(args, runs, run_dirs, statuses, plan)
+    prepare_root(args.out)
     if args.resume and not any(checkpoint.find(d.path) for d in run_dirs):
         raise UserError(f"{args.experiment}: --resume: no checkpoint under {args.out} to resume from")
     todo = []
@@ -92,16 +98,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         if summary.get("processes", 1) == 1 or _is_main():
             progress.finished(run_dir, str(summary.get("status")), _result_line(summary, run_dir))
 
+    def worker(exp: Any, quiet: bool = True) -> list[str]:
+        return launch.worker_command(args.experiment, exp.run_id, args.out, args.set, args.rerun, quiet=quiet)
+
     try:
-        if args.backend == "ray" or args.parallel > 1:
-            jobs = [(run_dir, launch.worker_command(args.experiment, exp.run_id, args.out, args.set, args.rerun), exp.name)
-                    for _, exp, run_dir in todo]
-            if args.backend == "ray":
-                failed = launch.run_ray(jobs, args.address, args.cpus_per_run, args.gpus_per_run, report, progress)
-            else:
-                failed = launch.run_local(jobs, args.parallel, report, progress)
-        else:
+        if args.backend == "ray":
+            jobs = [(run_dir, worker(exp), exp.name) for _, exp, run_dir in todo]
+            failed = launch.run_ray(jobs, args.address, args.cpus_per_run, args.gpus_per_run, report, progress)
+        elif plan is None or plan.mode == "inline":
             failed = launch.run_inline(todo, args.quiet, report, progress)
+        elif plan.mode == "launch":  # one run at a time on G GPUs: accelerate launch of G processes
+            g = plan.gpus_per_run
+            print(f"each run: accelerate launch of {g} processes on GPUs {','.join(plan.slots[0])}",
+                  file=sys.stderr, flush=True)
+            jobs = [(run_dir, launch.accelerate_command(worker(exp, args.quiet), g, exp.train.mixed_precision),
+                     exp.name) for _, exp, run_dir in todo]
+            failed = launch.run_launched(jobs, plan.env(0, processes=g), report, progress)
+        else:
+            print(f"local workers: {plan.describe()}", file=sys.stderr, flush=True)
+            jobs = [(run_dir, worker(exp), exp.name) for _, exp, run_dir in todo]
+            failed = launch.run_local(jobs, plan.parallel, report, progress, env=plan.env)
     finally:
         progress.close()
     if len(runs) > 1:
@@ -111,6 +127,37 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if run_dir.status() == "failed":
                     print(f"  failed: {exp.run_id} → {run_dir}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _dry_run(args: argparse.Namespace, runs: list[Any], run_dirs: list[Any], statuses: list[str | None],
+             plan: Any) -> int:
+    """List every run with its status and resources (GPUs and CPU threads per run); with
+    ``--json`` as one JSON object, e.g. for a job array that runs ``--only RUN_ID`` per task."""
+    if args.backend == "ray":  # gpus None: decided by the cluster (1 if it has GPUs, else 0)
+        gpus, cpus, where = args.gpus_per_run, args.cpus_per_run, "ray"
+        how = (f"ray: each run {cpus:g} CPU(s) and "
+               + (f"{gpus:g} GPU(s)" if gpus is not None else "1 GPU if the cluster has GPUs, else 0"))
+    elif plan is None:
+        gpus, cpus, where = None, None, "launcher"
+        how = "this process is one of a distributed launch: the launcher placed it"
+    else:
+        gpus, cpus, where = plan.gpus_per_run, plan.threads, "local"
+        how = f"local ({plan.mode}): {plan.describe()}"
+    rows = [{"run_id": e.run_id, "experiment": e.name, "run_dir": str(d), "status": s, "gpus": gpus, "cpus": cpus,
+             "sweep": p.labels} for (p, e), d, s in zip(runs, run_dirs, statuses)]
+    if args.json:
+        out: dict[str, Any] = {"experiment": str(args.experiment), "out": str(args.out), "backend": where}
+        if plan is not None:
+            out.update(parallel=plan.parallel, mode=plan.mode, gpus_per_worker=plan.slots)
+        out.update(gpus_per_run=gpus, cpus_per_run=cpus, runs=rows)
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
+    print(format_table(["run", "status", "varied values"],
+                       [[r["run_id"], r["status"] or "-", " ".join(f"{k}={v}" for k, v in r["sweep"].items())]
+                        for r in rows]))
+    print(how)  # every run gets the same resources
+    print(f"{len(runs)} runs, all valid; nothing trained (--dry-run)")
+    return EXIT_OK
 
 
 def _on_terminal() -> bool:
@@ -341,15 +388,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="store_true", help="start every run from scratch, even done ones")
     p.add_argument("--resume", action="store_true",
                    help="continue interrupted runs from their checkpoints (the default; errors if there is none)")
-    p.add_argument("--dry-run", action="store_true", help="list and validate every run; train nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list and validate every run with its resources; train nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the runs and their resources as JSON")
     p.add_argument("--force", action="store_true", help="run even where the memory estimate exceeds what is available")
     p.add_argument("--only", action="append", metavar="RUN_ID", help="run only this sweep point (repeatable)")
-    p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="N local worker processes, one per run (GPUs or CPU cores shared out)")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="N local worker processes, one run each (default: visible GPUs ÷ G; 1 without GPUs); "
+                        "each gets its share of CUDA_VISIBLE_DEVICES (or of all GPUs) and of the CPU cores")
+    p.add_argument("--gpus-per-run", type=float, default=None, metavar="G",
+                   help="GPUs per run (default: 1 where there are GPUs, else 0); a run with G > 1 is an "
+                        "accelerate launch of G data-parallel processes; with Ray a fraction shares a GPU")
     p.add_argument("--backend", choices=["local", "ray"], default="local", help="where worker runs go")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray resources per run")
-    p.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray resources per run")
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray: CPUs per run")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="load an experiment and build its model, train nothing")

@@ -1,14 +1,23 @@
-"""Executors for many runs: in this process, in local worker processes, or as Ray tasks.
+"""Executors for many runs: in this process, in local worker processes, or as Ray tasks,
+and how each run gets its devices.
 
 Workers run ``python -m zoology run EXP --only RUN_ID`` so that a run that crashes or is
 killed takes nothing else down: its log is kept and it is recorded as failed. In this
 process, a run that raises is recorded as failed (traceback in ``error.log``) and the next
 one starts.
+
+Devices: a local worker gets ``CUDA_VISIBLE_DEVICES`` set to its share of the GPUs *this*
+process sees (the entries of ``CUDA_VISIBLE_DEVICES`` when it is set, else every GPU), G per
+run (``--gpus-per-run``). A Ray task gets the GPUs Ray assigns it. Either way the worker is
+told G in ``ZOOLOGY_GPUS_PER_RUN``; a run that was given G GPUs and sees fewer fails at once
+instead of training on the CPU, and a run with G > 1 starts itself again as an
+``accelerate launch`` of G data-parallel processes, one per GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -17,7 +26,9 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
+
+import attrs
 
 from zoology.errors import UserError
 from zoology.runs import SUMMARY, RunDir, RunLocked
@@ -29,24 +40,141 @@ if TYPE_CHECKING:
 
 Report = Callable[[dict[str, Any], RunDir], None]
 
+GPUS_ENV = "ZOOLOGY_GPUS_PER_RUN"  # what the executor gave a worker: the GPUs of one run
 
-def worker_command(experiment: Path, run_id: str, out: Path, overrides: list[str], rerun: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "zoology", "run", str(experiment), "--only", run_id, "--out", str(out), "--quiet"]
+
+def worker_command(experiment: Path, run_id: str, out: Path, overrides: list[str], rerun: bool,
+                   quiet: bool = True) -> list[str]:
+    cmd = [sys.executable, "-m", "zoology", "run", str(experiment), "--only", run_id, "--out", str(out)]
+    cmd += ["--quiet"] if quiet else []
     for text in overrides:
         cmd += ["--set", text]
     return cmd + (["--rerun"] if rerun else [])
 
 
-def slot_env(slot: int, parallel: int) -> dict[str, str]:
-    """Device hand-out: GPU ``slot % n`` when there are GPUs, else an equal share of the cores."""
+def accelerate_command(cmd: list[str], processes: int, mixed_precision: str) -> list[str]:
+    """``cmd`` (``python -m zoology ...``) as a data-parallel ``accelerate launch`` of
+    ``processes`` processes on the first ``processes`` GPUs this process sees.
+
+    Every flag that decides placement is explicit, so an ``accelerate config`` file cannot
+    move the run to other GPUs (``--gpu_ids all`` leaves ``CUDA_VISIBLE_DEVICES`` alone), and
+    each launch picks a free port, so several can share a machine. ``--mixed_precision``
+    repeats the experiment's own (which decides anyway; see ``train.make_accelerator``)."""
+    if cmd[1:2] != ["-m"]:
+        raise ValueError(f"expected a `python -m module ...` command, got {cmd[:3]}")
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--gpu_ids", "all", "--main_process_port", "0",
+            "--mixed_precision", mixed_precision, *cmd[1:]]
+
+
+def distributed_launch() -> bool:
+    """Whether this process is one of several started by torchrun / ``accelerate launch``."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, named as ``CUDA_VISIBLE_DEVICES`` names them (indices,
+    UUIDs or MIG ids): its entries when it is set, else ``0 … n-1``. No more than torch
+    counts: CUDA ignores the entries after an invalid one, and a CPU-only torch counts none."""
     import torch
 
-    env = dict(os.environ)
-    if torch.cuda.is_available():
-        env["CUDA_VISIBLE_DEVICES"] = str(slot % torch.cuda.device_count())
-    threads = str(max(1, (os.cpu_count() or 1) // parallel))
-    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
-    return env
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(count)]
+    return [name.strip() for name in listed.split(",") if name.strip()][:count]
+
+
+def _why_no_gpus(visible: list[str]) -> str:
+    import torch
+
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if torch.version.cuda is None and torch.version.hip is None:
+        return f"this torch ({torch.__version__}) is built without CUDA"
+    if listed is not None:
+        return f"CUDA_VISIBLE_DEVICES={listed!r}, torch counts {len(visible)}"
+    return f"torch counts {len(visible)} (CUDA_VISIBLE_DEVICES is not set)"
+
+
+def ray_default_gpus(cluster: dict[str, float]) -> int:
+    """``--gpus-per-run`` on Ray when not given: 1 if the cluster has GPUs, else 0."""
+    return 1 if cluster.get("GPU", 0) >= 1 else 0
+
+
+@attrs.frozen
+class LocalPlan:
+    """How this machine's devices are shared out among local runs.
+
+    ``slots[s]`` are the GPUs of worker slot ``s`` (``CUDA_VISIBLE_DEVICES`` entries). The
+    visible GPUs are cut into groups of G; with more workers than groups, workers share
+    groups round robin (small models: several runs per GPU). CPU threads are split evenly.
+    ``mode`` says how the runs start: ``inline`` (in this process, one after another),
+    ``launch`` (one after another, each an ``accelerate launch`` of G processes) or
+    ``workers`` (``parallel`` worker processes at a time)."""
+
+    visible: list[str]
+    gpus_per_run: int
+    parallel: int
+    threads: int
+    slots: list[list[str]]
+
+    @property
+    def mode(self) -> str:
+        if self.parallel > 1 or (self.gpus_per_run == 0 and self.visible):
+            return "workers"  # a CPU run on a GPU machine needs the GPUs hidden: a worker
+        return "launch" if self.gpus_per_run > 1 else "inline"
+
+    def env(self, slot: int, processes: int = 1) -> dict[str, str]:
+        """The environment of the run in ``slot``; its CPU threads are shared by its ``processes``."""
+        env = dict(os.environ)
+        if self.visible:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.slots[slot])  # "" hides every GPU (G = 0)
+        env[GPUS_ENV] = str(self.gpus_per_run)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(1, self.threads // processes))
+        return env
+
+    def describe(self) -> str:
+        where = " | ".join(",".join(s) for s in self.slots) if self.gpus_per_run else "CPU"
+        return (f"{self.parallel} run(s) at a time, {self.gpus_per_run} GPU(s) each ({where}), "
+                f"{self.threads} CPU thread(s) each")
+
+
+def plan_local(parallel: int | None, gpus_per_run: float | None, runs: int) -> LocalPlan:
+    """Share the GPUs this process sees (and its cores) among ``runs`` runs.
+
+    ``gpus_per_run`` (G) defaults to the executor's ``ZOOLOGY_GPUS_PER_RUN`` in a worker, else
+    to 1 on a GPU machine and 0 without one; ``parallel`` to visible GPUs ÷ G (1 on CPU),
+    and never more than ``runs``. The cores (in a worker: the threads its executor gave it)
+    are split evenly among the runs. A run given G GPUs that sees fewer is an error, not a
+    silent CPU run."""
+    visible = visible_gpus()
+    given_by = "--gpus-per-run"
+    if gpus_per_run is None and os.environ.get(GPUS_ENV):
+        given_by = f"{GPUS_ENV} (set by the executor that started this run)"
+        try:
+            gpus_per_run = float(os.environ[GPUS_ENV])
+        except ValueError:
+            raise UserError(f"{GPUS_ENV}={os.environ[GPUS_ENV]!r}: not a number") from None
+        gpus_per_run = math.ceil(gpus_per_run)  # a Ray task with a fraction of a GPU sees one
+    if gpus_per_run is None:
+        gpus = 1 if visible else 0
+    elif gpus_per_run < 0 or gpus_per_run != int(gpus_per_run):
+        raise UserError(f"--gpus-per-run {gpus_per_run:g}: locally a whole number of GPUs per run "
+                        "(--parallel larger than the GPU count shares GPUs between runs)")
+    else:
+        gpus = int(gpus_per_run)
+    if gpus > len(visible):
+        raise UserError(f"{given_by} {gpus}: this run needs {gpus} GPU(s) but sees {len(visible)} "
+                        f"({_why_no_gpus(visible)}); refusing to train on the CPU instead")
+    groups = [visible[i:i + gpus] for i in range(0, len(visible) - gpus + 1, gpus)] if gpus else [[]]
+    if parallel is not None and parallel < 1:
+        raise UserError(f"--parallel {parallel}: must be at least 1")
+    n = max(1, min(parallel or len(groups), runs))
+    cores = os.cpu_count() or 1
+    if os.environ.get(GPUS_ENV) and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        cores = int(os.environ["OMP_NUM_THREADS"])  # a worker: its executor gave it this many
+    threads = max(1, cores // n)
+    return LocalPlan(visible, gpus, n, threads, [groups[s % len(groups)] for s in range(n)])
 
 
 def record_failure(run_dir: RunDir, experiment: str, run_id: str, error: str) -> dict[str, Any]:
@@ -59,11 +187,24 @@ def record_failure(run_dir: RunDir, experiment: str, run_id: str, error: str) ->
 FINAL = ("failed", "done", "diverged")
 
 
+def _last_error(log: Path) -> str | None:
+    """The last ``error: ...`` line the worker printed (a user error: exit code 2)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    lines = [line for line in tail.splitlines() if line.startswith("error:")]
+    return lines[-1] if lines else None
+
+
 def record_exit(run_dir: RunDir, run_id: str, experiment: str, code: int,
-                interrupted: bool = False) -> dict[str, Any]:
-    """The worker's summary; if it ended without writing a final one, a failed one (or,
-    when we stopped it, an interrupted one that a rerun resumes). Nothing is written while
-    another process holds the run's lock: that run is reported skipped."""
+                interrupted: bool = False, log: str | None = "worker.log") -> dict[str, Any]:
+    """The worker's summary; if it ended without writing a final one, a failed one (with the
+    worker's own error message when it printed one to ``log``), or, when we stopped it, an
+    interrupted one that a rerun resumes. Nothing is written while another process holds
+    the run's lock: that run is reported skipped."""
     summary = run_dir.read_json(SUMMARY) or {}
     if code == 0 or summary.get("status") in FINAL:
         return summary
@@ -74,7 +215,10 @@ def record_exit(run_dir: RunDir, run_id: str, experiment: str, code: int,
                 run_dir.write_json(SUMMARY, summary)
             else:
                 how = f"killed by signal {-code}" if code < 0 else f"worker exited with code {code}"
-                summary = record_failure(run_dir, experiment, run_id, f"{how} (see worker.log)")
+                said = _last_error(run_dir.path / log) if log else None
+                where = f"see {log}" if log else "see its output"
+                summary = record_failure(run_dir, experiment, run_id,
+                                         f"{how}{': ' + said if said else ''} ({where})")
     except RunLocked as exc:
         summary = {"status": "skipped", "experiment": experiment, "run_id": run_id, "error": str(exc)}
     return summary
@@ -127,14 +271,45 @@ def run_inline(jobs: list[tuple[Point, Experiment, RunDir]], quiet: bool, report
     return failed
 
 
+def run_launched(jobs: list[tuple[RunDir, list[str], str]], env: dict[str, str], report: Report,
+                 progress: SweepProgress | None = None) -> int:
+    """Run each (run dir, command, experiment name) to its end, one after another, its output
+    going to ours (the ``accelerate launch`` of a run with several GPUs)."""
+    failed = 0
+    for run_dir, cmd, name in jobs:
+        if progress is not None:
+            progress.started(run_dir)
+        proc = subprocess.Popen(cmd, env=env)
+        try:
+            with stop_on_sigterm():
+                code = proc.wait()
+        except (KeyboardInterrupt, Stopped) as exc:  # stop the launch (it stops its ranks), record
+            sig = signal.SIGTERM if isinstance(exc, Stopped) else signal.SIGINT
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            report(record_exit(run_dir, run_dir.path.name, name, proc.returncode or -sig, interrupted=True,
+                               log=None), run_dir)
+            raise KeyboardInterrupt from None
+        summary = record_exit(run_dir, run_dir.path.name, name, code, log=None)
+        failed += summary.get("status") == "failed"
+        report(summary, run_dir)
+    return failed
+
+
 def run_local(jobs: list[tuple[RunDir, list[str], str]], parallel: int, report: Report,
-              progress: SweepProgress | None = None) -> int:
-    """Run each (run dir, command, experiment name) in a worker process, ``parallel`` at a time."""
+              progress: SweepProgress | None = None, env: Callable[[int], dict[str, str]] | None = None) -> int:
+    """Run each (run dir, command, experiment name) in a worker process, ``parallel`` at a
+    time; ``env(slot)`` is the environment (devices, threads) of the worker in that slot
+    (:meth:`LocalPlan.env`; None: this process's)."""
     pending = list(jobs)
     running: dict[int, tuple[subprocess.Popen, RunDir, str, Any]] = {}
     try:
         with stop_on_sigterm():
-            return _supervise(pending, running, parallel, report, progress)
+            return _supervise(pending, running, parallel, report, progress, env)
     except (KeyboardInterrupt, Stopped) as exc:  # stop the workers, wait for them, record
         sig = signal.SIGTERM if isinstance(exc, Stopped) else signal.SIGINT
         for proc, *_ in running.values():
@@ -151,7 +326,7 @@ def run_local(jobs: list[tuple[RunDir, list[str], str]], parallel: int, report: 
 
 
 def _supervise(pending: list[tuple[RunDir, list[str], str]], running: dict[int, Any], parallel: int,
-               report: Report, progress: SweepProgress | None) -> int:
+               report: Report, progress: SweepProgress | None, env: Callable[[int], dict[str, str]] | None) -> int:
     failed = 0
     while pending or running:
         for slot in range(parallel):
@@ -159,7 +334,7 @@ def _supervise(pending: list[tuple[RunDir, list[str], str]], running: dict[int, 
                 run_dir, cmd, name = pending.pop(0)
                 run_dir.path.mkdir(parents=True, exist_ok=True)
                 log = open(run_dir.path / "worker.log", "wb")  # noqa: SIM115 (closed when the worker ends)
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=slot_env(slot, parallel))
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(slot) if env else None)
                 running[slot] = (proc, run_dir, name, log)
                 if progress is not None:
                     progress.started(run_dir)
@@ -178,30 +353,69 @@ def _supervise(pending: list[tuple[RunDir, list[str], str]], running: dict[int, 
     return failed
 
 
-def run_ray(jobs: list[tuple[RunDir, list[str], str]], address: str | None, cpus: float, gpus: float,
+def run_to_end(cmd: list[str], log: IO[bytes], env: dict[str, str]) -> int:
+    """Run ``cmd`` in a session of its own and return its exit code; if this is interrupted
+    (a cancelled Ray task gets KeyboardInterrupt), end the command and its children first."""
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        while proc.poll() is None:
+            time.sleep(0.2)  # a short sleep, not wait(): an interrupt lands between sleeps
+        return proc.returncode
+    except BaseException:
+        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        raise
+
+
+def ray_task(cmd: list[str], log_path: str, cpus: float, gpus: float) -> int:
+    """One run as a Ray task: log where it landed, then run the worker with the GPUs Ray
+    assigned (Ray sets ``CUDA_VISIBLE_DEVICES``) and G in ``ZOOLOGY_GPUS_PER_RUN``."""
+    import ray
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, int(cpus))), **{GPUS_ENV: f"{gpus:g}"})
+    with open(log_path, "wb") as log:
+        where = (f"ray task on node {ray.get_runtime_context().get_node_id()}: {cpus:g} CPU(s), {gpus:g} GPU(s), "
+                 f"GPU ids {ray.get_gpu_ids()}, CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r}\n")
+        log.write(where.encode())
+        log.flush()
+        return run_to_end(cmd, log, env)
+
+
+def run_ray(jobs: list[tuple[RunDir, list[str], str]], address: str | None, cpus: float, gpus: float | None,
             report: Report, progress: SweepProgress | None = None) -> int:
-    """Each run as a Ray task (``pip install zoology[ray]``); paths must be shared by the nodes."""
+    """Each run as a Ray task (``pip install zoology[ray]``); paths must be shared by the nodes.
+
+    ``gpus`` None: 1 per run if the cluster has GPUs, else 0. Ctrl-C cancels the tasks (their
+    workers are ended) and leaves the interrupted runs to resume."""
     try:
         import ray
     except ImportError:
         raise UserError("--backend ray needs Ray: pip install 'zoology[ray]'") from None
-
-    @ray.remote(num_cpus=cpus, num_gpus=gpus)
-    def execute(cmd: list[str], log_path: str) -> int:
-        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, int(cpus))))
-        with open(log_path, "wb") as log:
-            return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": os.cpu_count()}))
     try:
+        cluster = ray.cluster_resources()
+        if gpus is None:
+            gpus = ray_default_gpus(cluster)
+        print(f"ray: {len(jobs)} run(s), each {cpus:g} CPU(s) and {gpus:g} GPU(s) "
+              f"(cluster: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs)", file=sys.stderr, flush=True)
+        execute = ray.remote(ray_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
         futures = {}
         submitted = time.time()
         for run_dir, cmd, name in jobs:
             run_dir.path.mkdir(parents=True, exist_ok=True)
-            futures[execute.remote(cmd, str(run_dir.path / "worker.log"))] = (run_dir, name)
+            futures[execute.remote(cmd, str(run_dir.path / "worker.log"), cpus, gpus)] = (run_dir, name)
         failed = 0
         remaining = list(futures)
         waiting = set(remaining)  # for the progress bar: not yet seen starting
@@ -216,9 +430,9 @@ def run_ray(jobs: list[tuple[RunDir, list[str], str]], address: str | None, cpus
                         continue
                     waiting.discard(done[0])
                     failed += _collect(ray, done[0], *futures[done[0]], report)
-        except (KeyboardInterrupt, Stopped):  # cancel what is left; a rerun resumes it
+        except (KeyboardInterrupt, Stopped):  # cancel what is left (ending its workers); a rerun resumes it
+            cancel(remaining)
             for future in remaining:
-                ray.cancel(future, force=True)
                 run_dir, name = futures[future]
                 report(record_exit(run_dir, run_dir.path.name, name, -signal.SIGINT, interrupted=True), run_dir)
             raise KeyboardInterrupt from None
@@ -226,6 +440,20 @@ def run_ray(jobs: list[tuple[RunDir, list[str], str]], address: str | None, cpus
     finally:
         if started_here:
             ray.shutdown()
+
+
+def cancel(refs: list[Any], grace_s: float = 20.0) -> None:
+    """Cancel Ray tasks: each running one gets KeyboardInterrupt and ends its worker
+    (:func:`run_to_end`); what has not ended after ``grace_s`` is killed."""
+    import ray
+
+    if not refs:
+        return
+    for ref in refs:
+        ray.cancel(ref)
+    _, left = ray.wait(refs, num_returns=len(refs), timeout=grace_s)
+    for ref in left:
+        ray.cancel(ref, force=True)
 
 
 def _collect(ray: Any, future: Any, run_dir: RunDir, name: str, report: Report) -> int:

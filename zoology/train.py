@@ -4,6 +4,11 @@ One process or many (``accelerate launch`` / ``torchrun``): ``data.batch_size`` 
 global batch of one optimizer step, split over processes and gradient-accumulation steps.
 Only the main process prints, writes the run directory and logs to the trackers
 (``[logging]``, see :mod:`zoology.tracking`).
+
+Mixed precision is the experiment's (``train.mixed_precision``) and is applied here
+(:class:`Precision`), not by Accelerate: Accelerate fixes precision once per process, and
+one process may train many experiments (a sweep, a notebook, a test session). The
+Accelerator of every run is built the same way, so none has to reset Accelerate's state.
 """
 
 from __future__ import annotations
@@ -21,8 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import set_seed
+from accelerate.utils import GradientAccumulationPlugin, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -39,26 +43,39 @@ from zoology.tasks.base import IGNORE_INDEX
 from zoology.tensorfile import CorruptFile
 from zoology.tracking import Tracker
 
+LAUNCHER_PRECISION = "ACCELERATE_MIXED_PRECISION"  # how accelerate launch passes its precision on
+
 
 def make_accelerator(exp: Experiment, log_with: list[Any] | None = None) -> Accelerator:
     """Check what this machine can do for ``exp``, then build the Accelerator (``log_with``:
-    the run's trackers, :attr:`zoology.tracking.Tracker.trackers`)."""
+    the run's trackers, :attr:`zoology.tracking.Tracker.trackers`).
+
+    Precision rule: the experiment decides. ``accelerate launch --mixed_precision`` and the
+    ``mixed_precision`` of ``accelerate config`` reach a run only through ``accelerate
+    launch`` (as ``ACCELERATE_MIXED_PRECISION``; without either it passes ``no``); when that
+    differs from ``train.mixed_precision`` the run warns, naming both, and uses the
+    experiment's. The Accelerator itself always runs in full precision (see the module doc),
+    and takes the experiment's gradient accumulation, which its environment cannot change."""
     cuda = torch.cuda.is_available()
-    if exp.train.mixed_precision == "fp16" and not cuda:
+    want = exp.train.mixed_precision
+    if want == "fp16" and not cuda:
         raise UserError(
-            f"{exp.name}: train.mixed_precision: 'fp16' needs a GPU (on CPU it is silently "
-            "ignored); use 'bf16' or 'no'"
+            f"{exp.name}: train.mixed_precision: 'fp16' needs a GPU (loss scaling, half-precision "
+            "matmuls); on CPU use 'bf16' or 'no'"
         )
-    # Accelerate keeps process-wide singletons; one process may train many experiments with
-    # different precisions, so start each from a clean state (the process group is kept).
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
     acc = Accelerator(
         cpu=not cuda,
-        mixed_precision=exp.train.mixed_precision,
-        gradient_accumulation_steps=exp.train.gradient_accumulation_steps,
+        mixed_precision="no",
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=exp.train.gradient_accumulation_steps),
         log_with=log_with or None,
     )
+    launcher = os.environ.get(LAUNCHER_PRECISION)
+    if launcher is not None and launcher.lower() != want and acc.is_main_process:
+        warnings.warn(
+            f"{exp.name}: mixed precision: accelerate launch (its --mixed_precision or accelerate config) "
+            f"says {launcher!r}, the experiment's train.mixed_precision says {want!r}; using {want!r} "
+            "(the experiment decides: change it in the TOML or with --set train.mixed_precision=...)",
+            stacklevel=2)
     shards = acc.num_processes * exp.train.gradient_accumulation_steps
     if exp.data.batch_size % shards:
         raise UserError(
@@ -67,6 +84,46 @@ def make_accelerator(exp: Experiment, log_with: list[Any] | None = None) -> Acce
             f"({exp.train.gradient_accumulation_steps})"
         )
     return acc
+
+
+class Precision:
+    """A run's mixed precision: autocast to ``bf16`` / ``fp16`` around the forward pass,
+    and for ``fp16`` loss scaling (small gradients underflow in half precision) whose state
+    a checkpoint keeps. ``no``: everything in float32. The parameters, gradients and
+    optimizer state stay float32 in every mode."""
+
+    def __init__(self, mode: str, device: torch.device) -> None:
+        self.mode, self.device_type = mode, device.type
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+        self.scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make the gradients true gradients again (before clipping them)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """One optimizer step; with fp16, skipped when a gradient is inf/NaN (the scale shrinks)."""
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
 
 
 def lr_lambda(warmup: int, total: int) -> Any:
@@ -185,6 +242,7 @@ class Trainer:
         self.found = checkpoint.find(run_dir.path)
         self.tracker = Tracker(exp, run_dir.path, resume=self.found)
         self.acc = acc = make_accelerator(exp, log_with=self.tracker.trackers)
+        self.precision = Precision(exp.train.mixed_precision, acc.device)
         self.main = acc.is_main_process
         self.start = time.time()
         self.resolved = dump_experiment(exp)
@@ -241,6 +299,7 @@ class Trainer:
             if ckpt["rng"] is not None:
                 checkpoint.set_rng_state(ckpt["rng"])
             self.scheduler.load_state_dict(state["scheduler"])
+            self.precision.load_state_dict(state.get("grad_scaler", {}))
             self.step, self.train_time, self.first_epoch = state["step"], state["train_time"], state["epoch"] + 1
             self.best_value, self.best_record, self.best_state = state["best_value"], state["best_record"], ckpt["best"]
             self.last_metrics = state.get("last_metrics", {})
@@ -260,10 +319,14 @@ class Trainer:
             run_dir.reset_metrics()
         if self.main:
             run_dir.write_json(SUMMARY, self.summary)
-        cfg = self.exp.train
+        acc = self.acc
+        # one entry per distinct device (a CPU shared by several processes counts once)
+        devices = set(gather_object([f"{platform.node()}/{acc.device}"]))
         self.summary.update(
-            num_parameters=self.num_parameters, state_size=self.state_size, processes=self.acc.num_processes,
-            micro_batch_size=self.micro_batch, mixed_precision=cfg.mixed_precision,
+            num_parameters=self.num_parameters, state_size=self.state_size, processes=acc.num_processes,
+            micro_batch_size=self.micro_batch, mixed_precision=self.precision.mode, device_type=acc.device.type,
+            device_count=len(devices),
+            **({"device_name": torch.cuda.get_device_name(acc.device)} if acc.device.type == "cuda" else {}),
             seeds={"init_and_order": self.exp.train_seed, **{k: s.seeds for k, s in self.splits.items()}},
             versions=versions(),
         )
@@ -294,15 +357,16 @@ class Trainer:
                    leave=False, dynamic_ncols=True)
         for i, (inputs, labels, _) in enumerate(bar):
             with acc.accumulate(model):
-                logits, targets = scored_logits(model, inputs, labels)
-                loss = F.cross_entropy(logits, targets)
-                acc.backward(loss)
+                with self.precision.autocast():
+                    logits, targets = scored_logits(model, inputs, labels)
+                    loss = F.cross_entropy(logits, targets)
+                acc.backward(self.precision.scale(loss))
                 if acc.sync_gradients:
+                    self.precision.unscale_(self.optimizer)
                     if cfg.max_grad_norm:
                         acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                     self.step += 1
-                self.optimizer.step()
-                if acc.sync_gradients:
+                    self.precision.step(self.optimizer)
                     self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
             total += loss.detach()
@@ -314,7 +378,8 @@ class Trainer:
             if self.main and not self.quiet:
                 tqdm.write(f"epoch {epoch}: training loss is {train_loss}; the run diverged")
             return None
-        metrics = evaluate(model, self.valid_loader, self.splits["valid"], acc, "valid")
+        with self.precision.autocast():
+            metrics = evaluate(model, self.valid_loader, self.splits["valid"], acc, "valid")
         self.last_metrics = metrics
         record = {"epoch": epoch, "step": self.step, "train/loss": train_loss,
                   "lr": self.scheduler.get_last_lr()[0], **metrics, "time_s": round(time.time() - self.start, 3)}
@@ -339,7 +404,8 @@ class Trainer:
             train_steps=self.step, train_steps_per_s=round(self.step / max(self.train_time, 1e-9), 2))
         if self.best_state is not None:
             acc.unwrap_model(model).load_state_dict(self.best_state)
-            self.summary["test"] = evaluate(model, self.test_loader, self.splits["test"], acc, "test")
+            with self.precision.autocast():
+                self.summary["test"] = evaluate(model, self.test_loader, self.splits["test"], acc, "test")
             if self.main:
                 tensorfile.save_module(self.run_dir.path / "model.safetensors", acc.unwrap_model(model),
                                    {"experiment": exp.name, "run_id": exp.run_id, "epoch": str(best["epoch"])})
@@ -391,8 +457,8 @@ class Trainer:
         if acc.is_main_process:
             checkpoint.write(path, acc.unwrap_model(self.model), self.optimizer, {
                 "epoch": epoch, "step": self.step, "train_time": self.train_time,
-                "scheduler": self.scheduler.state_dict(), "best_value": self.best_value,
-                "best_record": self.best_record, "last_metrics": self.last_metrics,
+                "scheduler": self.scheduler.state_dict(), "grad_scaler": self.precision.state_dict(),
+                "best_value": self.best_value, "best_record": self.best_record, "last_metrics": self.last_metrics,
                 "attempts": self.attempts, "attempt_start": self.attempt_start,
                 "attempt_first_epoch": self.first_epoch, "saved_at": _now(),
                 "elapsed_s": self.elapsed + time.time() - self.start}, self.best_state)
