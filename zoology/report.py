@@ -507,11 +507,7 @@ def plot(rows: Sequence[Row], out: str | Path, x: str = "state_size", metric: st
     handles = [h for m in mixers for h in [_handle_for(axes, m)] if h is not None]
     fig.legend(handles, [h.get_label() for h in handles], loc="outside right upper", title="mixer")
     fig.suptitle(title or f"{metric} vs {X_AXES[x].split(' (')[0]}")
-    out = Path(out)
-    buf = io.BytesIO()
-    fig.savefig(buf, format=out.suffix.lstrip(".").lower() or "png", dpi=120)
-    _write(out, buf.getvalue(), "--plot")
-    return out
+    return _save_figure(fig, out, "--plot")
 
 
 def _row_label(row: Row, keys: Sequence[str]) -> str:
@@ -562,10 +558,15 @@ def plot_curves(rows: Sequence[Row], out: str | Path, metric: str = "valid/accur
     fig.legend(loc="outside right upper", fontsize="small" if len(shown) <= 20 else "x-small",
                ncol=1 if len(shown) <= 30 else 2)
     ax.set_title(title or f"{metric} per epoch")
+    return _save_figure(fig, out, "--curves")
+
+
+def _save_figure(fig: Any, out: str | Path, option: str) -> Path:
+    """Render ``fig`` in the format its file name says (PNG by default) and write it atomically."""
     out = Path(out)
     buf = io.BytesIO()
     fig.savefig(buf, format=out.suffix.lstrip(".").lower() or "png", dpi=120)
-    _write(out, buf.getvalue(), "--curves")
+    _write(out, buf.getvalue(), option)
     return out
 
 
