@@ -45,3 +45,20 @@ max_epochs = 1
 @pytest.fixture
 def base_toml():
     return BASE
+
+
+def install_plugin(site, monkeypatch, name: str, source: str) -> None:
+    """Fake `pip install` of a one-module plugin: ``zoo_<name>.py`` plus a dist-info with a
+    ``zoology`` entry point, in ``site`` (put first on sys.path and PYTHONPATH, so worker
+    subprocesses find it too). The caller clears the registry cache around it."""
+    import importlib
+
+    site.mkdir(exist_ok=True)
+    (site / f"zoo_{name}.py").write_text(source)
+    dist = site / f"zoo_{name}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: zoo-{name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[zoology]\n{name} = zoo_{name}\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    importlib.invalidate_caches()

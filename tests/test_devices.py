@@ -2,7 +2,6 @@
 mocked), the precision rule, a fresh Accelerator per run, `--dry-run --json` for job arrays,
 and models whose parameters share one buffer saving and loading."""
 
-import importlib
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from zoology.config import load_experiment
 from zoology.plugins import get_registry
 from zoology.runs import RunDir
 
-from .conftest import BASE
+from .conftest import BASE, install_plugin
 
 SWEEP4 = BASE + '\n[sweep]\n"model.d_model" = [16, 24, 32, 40]\n'
 IDS4 = ["d16", "d24", "d32", "d40"]
@@ -345,15 +344,7 @@ def zoology_register_mixers(register):
 
 @pytest.fixture
 def flat_pair(tmp_path, monkeypatch):
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "zoo_flat.py").write_text(FLAT)
-    dist = site / "zoo_flat-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-flat\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[zoology]\nflat = zoo_flat\n")
-    monkeypatch.syspath_prepend(str(site))
-    importlib.invalidate_caches()
+    install_plugin(tmp_path / "site", monkeypatch, "flat", FLAT)
     get_registry.cache_clear()
     yield
     get_registry.cache_clear()

@@ -22,7 +22,7 @@ from zoology.config import load_experiment
 from zoology.data import build_splits
 from zoology.runs import RunDir
 
-from .conftest import BASE
+from .conftest import BASE, install_plugin
 
 TINY = BASE.replace("max_epochs = 1", "max_epochs = 3")
 
@@ -268,12 +268,7 @@ def test_inf_as_a_sweep_value_and_capped_errors(write, capsys):
 
 
 def test_strict_plugin_failure_is_reported_once(write, tmp_path, monkeypatch, capsys):
-    (tmp_path / "zoo_broken.py").write_text("import does_not_exist\n")
-    dist = tmp_path / "zoology_broken-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: zoology-broken\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[zoology]\nbroken = zoo_broken\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_plugin(tmp_path / "site", monkeypatch, "broken", "import does_not_exist\n")
     monkeypatch.setenv("ZOOLOGY_STRICT_PLUGINS", "1")
     from zoology.config import converter
     from zoology.plugins import get_registry

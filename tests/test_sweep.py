@@ -1,6 +1,5 @@
 """Sweeps: the grammar, readable ids, dry runs, parallel workers that survive a crash, Ray."""
 
-import importlib
 import json
 import sys
 import textwrap
@@ -13,7 +12,7 @@ from zoology.errors import ConfigError
 from zoology.plugins import get_registry
 from zoology.sweep import expand, fmt
 
-from .conftest import BASE
+from .conftest import BASE, install_plugin
 
 
 def test_grid_axes_multiply_and_ids_read_well(write):
@@ -124,16 +123,7 @@ def zoology_register_mixers(register):
 
 @pytest.fixture
 def crashy(tmp_path, monkeypatch):
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "zoo_crashy.py").write_text(CRASHY)
-    dist = site / "zoo_crashy-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-crashy\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[zoology]\ncrashy = zoo_crashy\n")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv("PYTHONPATH", str(site))
-    importlib.invalidate_caches()
+    install_plugin(tmp_path / "site", monkeypatch, "crashy", CRASHY)
     get_registry.cache_clear()
     marker = tmp_path / "crash-now"
     marker.write_text("")
