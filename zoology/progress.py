@@ -33,8 +33,7 @@ class SweepProgress:
 
     def _show(self) -> None:
         parts = [f"done {self.counts['done']}", f"failed {self.counts['failed']}"]
-        if self.counts["diverged"]:
-            parts.append(f"diverged {self.counts['diverged']}")
+        parts += [f"{status} {n}" for status, n in self.counts.items() if status not in ("done", "failed")]
         parts.append(f"running {len(self.running)}")
         self.bar.set_description_str("sweep: " + " · ".join(parts), refresh=True)
 
@@ -44,9 +43,10 @@ class SweepProgress:
         self._show()
 
     def finished(self, run: Any, status: str, line: str) -> None:
-        """Run ``run`` ended with ``status``: print its result ``line`` above the bar."""
+        """Run ``run`` ended with ``status`` (done, failed, diverged, or what its executor
+        reports; a missing one counts as failed): print its result ``line`` above the bar."""
         self.running.discard(str(run))
-        self.counts[status if status in ("done", "diverged") else "failed"] += 1
+        self.counts[status if status and status != "None" else "failed"] += 1
         if self.bar.disable:
             print(line, flush=True)
         else:
