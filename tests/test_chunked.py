@@ -38,6 +38,16 @@ def _grads(out: torch.Tensor, inputs, weight: torch.Tensor):
     return torch.autograd.grad((out * weight).sum(), inputs)
 
 
+def _forward_matches_recurrent(m: nn.Module, x: torch.Tensor, tol: float, grad_tol: float) -> None:
+    """The mixer's training form equals its step-by-step recurrence, in value and in every
+    parameter's gradient (under a random output weighting)."""
+    y, y_rec = m(x), m.recurrent(x)[0]
+    _close(y, y_rec, tol)
+    weight, params = torch.randn_like(y), list(m.parameters())
+    for g, g_ref in zip(_grads(y, params, weight), _grads(y_rec, params, weight)):
+        _close(g, g_ref, grad_tol)
+
+
 class _Float64Norm(nn.Module):
     """HeadRMSNorm's arithmetic without its float32 round trip (which would hide float64 differences)."""
 
@@ -85,11 +95,7 @@ def test_rwkv4_forward_matches_recurrent_float64():
         m.key.weight.mul_(20)  # keys far outside exp()'s range
         m.output.weight.normal_()
     x = torch.randn(2, L, 16, dtype=F64)
-    y, y_rec = m(x), m.recurrent(x)[0]
-    _close(y, y_rec, 1e-10)
-    weight, params = torch.randn_like(y), list(m.parameters())
-    for g, g_ref in zip(_grads(y, params, weight), _grads(y_rec, params, weight)):
-        _close(g, g_ref, 1e-9)
+    _forward_matches_recurrent(m, x, 1e-10, 1e-9)
 
 
 # --- GLA ----------------------------------------------------------------------------------
@@ -173,11 +179,7 @@ def test_mamba_forward_matches_recurrent_float64():
     with torch.no_grad():
         m.dt_proj.bias.add_(3.0)  # Δ ≈ 3: decays exp(Δ·A) down to e^{-12} per step
     x = torch.randn(2, L, 16, dtype=F64)
-    y, y_rec = m(x), m.recurrent(x)[0]
-    _close(y, y_rec, 1e-10)
-    weight, params = torch.randn_like(y), list(m.parameters())
-    for g, g_ref in zip(_grads(y, params, weight), _grads(y_rec, params, weight)):
-        _close(g, g_ref, 1e-9)
+    _forward_matches_recurrent(m, x, 1e-10, 1e-9)
 
 
 # --- Mamba-2 ------------------------------------------------------------------------------
@@ -239,8 +241,4 @@ def test_mixer_forward_matches_recurrent_float64(cls, params, tol):
             if not p.any():
                 p.normal_(0.0, 0.1)
     x = torch.randn(2, L, 32, dtype=F64)
-    y, y_rec = m(x), m.recurrent(x)[0]
-    _close(y, y_rec, tol)
-    weight, params = torch.randn_like(y), list(m.parameters())
-    for g, g_ref in zip(_grads(y, params, weight), _grads(y_rec, params, weight)):
-        _close(g, g_ref, tol * 100)
+    _forward_matches_recurrent(m, x, tol, tol * 100)
