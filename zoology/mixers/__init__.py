@@ -27,6 +27,7 @@ The contract:
 
 from zoology.mixers.attention import Attention, SlidingWindowAttention
 from zoology.mixers.based import Based
+from zoology.mixers.bigbird import BigBird
 from zoology.mixers.conv import BaseConv, ShortConv
 from zoology.mixers.delta_net import DeltaNet, GatedDeltaNet
 from zoology.mixers.forgetting_attention import ForgettingAttention
@@ -37,10 +38,12 @@ from zoology.mixers.hgrn2 import HGRN2
 from zoology.mixers.hyena import Hyena
 from zoology.mixers.linear_attention import LinearAttention
 from zoology.mixers.mamba import Mamba, Mamba2
+from zoology.mixers.nystromformer import Nystromformer
 from zoology.mixers.retnet import MultiScaleRetention
 from zoology.mixers.rwkv import RWKV4
 from zoology.mixers.rwkv6 import RWKV5, RWKV6
 from zoology.mixers.rwkv7 import RWKV7
+from zoology.mixers.scatterbrain import Scatterbrain
 from zoology.mixers.state import GLU, MLP, Identity
 
 # registered by zoology.builtin; one line per mixer class
@@ -66,6 +69,9 @@ BUILTIN_MIXERS: list[type] = [
     HGRN2,
     GatedSlotAttention,
     ForgettingAttention,
+    BigBird,
+    Scatterbrain,
+    Nystromformer,
     MLP,
     GLU,
     Identity,
