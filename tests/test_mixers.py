@@ -43,6 +43,10 @@ VARIANTS = {
     "mamba": [{"d_state": 4, "dt_rank": 3, "expand": 1}],
     "mamba2": [{"d_state": 8, "headdim": 16, "ngroups": 2}],
     "rwkv7": [{"head_dim": 8, "decay_lora": 4, "a_lora": 4, "gate_lora": 8}],
+    "bigbird": [{"block_size": 4, "window_blocks": 2, "global_blocks": 1, "random_blocks": 2, "num_heads": 2},
+                {"block_size": 4, "random_blocks": 0}],
+    "scatterbrain": [{"window": 4, "feature_dim": 8, "num_heads": 2}, {"window": 1, "feature_dim": 64}],
+    "nystromformer": [{"num_landmarks": 4, "num_heads": 2}, {"num_landmarks": 6, "conv_kernel_size": 3}],
 }
 
 
