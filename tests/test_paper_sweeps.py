@@ -56,7 +56,7 @@ def mqar(tasks) -> list[tuple[int, int, int]]:
 def test_run_counts(sweeps):
     assert len(sweeps["zoology_figure2"]) == 3 * 7 * 4 * 4 == 336
     assert len(sweeps["zoology_figure2_512"]) == 7 * 4 * 4 == 112  # with the above: upstream's 448
-    assert len(sweeps["based_figure2"]) == 43 * 4 == 172
+    assert len(sweeps["based_figure2"]) == 95 * 4 == 380  # upstream's 99 models but MRA's 4
 
 
 def test_zoology_figure2_grid_matches_upstream(sweeps):
@@ -137,13 +137,22 @@ def test_based_figure2_models_match_upstream(sweeps):
         hybrid = isinstance(mixer, list)
         if hybrid:  # upstream's Hybrid: layer 0 BaseConv kernel 3, layer 1 the named mixer
             assert mixer[0] == {"name": "base_conv", "kernel_size": 3, "implicit_long_conv": True}
-        assert hybrid == name.startswith(("attention", "based", "sliding_window"))
+        assert hybrid == name.startswith(("attention", "based", "sliding_window", "scatterbrain", "bigbird", "nystromformer"))
         assert model["embed_dropout"] == (0.0 if name.startswith("mamba") else 0.1)
     assert families == {"attention": {64, 128}, "based": {48, 64, 128}, "sliding_window": {128},
                         "mamba": {64, 128, 256}, "mamba2": {64, 128, 256}, "hyena": {64, 128, 256},
-                        "h3": {64, 128, 256}}
+                        "h3": {64, 128, 256}, "scatterbrain": {64, 128, 256}, "bigbird": {64}, "nystromformer": {128}}
     counts = {f: sum(name.split("-")[0] == f for name in models) for f in families}
-    assert counts == {"attention": 2, "based": 9, "sliding_window": 8, "mamba": 9, "mamba2": 9, "hyena": 3, "h3": 3}
+    assert counts == {"attention": 2, "based": 9, "sliding_window": 8, "mamba": 9, "mamba2": 9, "hyena": 3, "h3": 3,
+                      "scatterbrain": 40, "bigbird": 6, "nystromformer": 6}
+    # scatterbrain: window_size 4..1024 (+1: our window counts the query) × feature_dim ≤ d_model
+    sb = {(m["d_model"], m["sequence_mixer"][1]["window"], m["sequence_mixer"][1]["feature_dim"])
+          for name, (m, _) in models.items() if name.startswith("scatterbrain")}
+    assert sb == {(d, w + 1, f) for d in (64, 128, 256) for w in (4, 16, 64, 256, 1024) for f in (32, 64, 128) if f <= d}
+    assert {m["sequence_mixer"][1]["block_size"] for name, (m, _) in models.items() if name.startswith("bigbird")} \
+        == {4, 8, 16, 32, 64, 128}
+    assert {m["sequence_mixer"][1]["num_landmarks"] for name, (m, _) in models.items() if name.startswith("nystrom")} \
+        == {16, 32, 64, 128, 256, 512}
 
 
 def test_based_figure2_resolved_points(sweeps):
@@ -172,6 +181,20 @@ def test_based_figure2_resolved_points(sweeps):
 
     exp = resolve(sweeps, "based_figure2", "h3-d128-lr1e-3")
     assert mixers(exp) == [("h3", {"d_state": 32, "head_dim": 2})] * 2  # d_state = d_model / 4
+
+    exp = resolve(sweeps, "based_figure2", "scatterbrain-d128-w65-f64-lr0.01")
+    assert mixers(exp)[1] == ("scatterbrain", {"window": 65, "feature_dim": 64, "num_heads": 1, "dropout": 0.1, "seed": 0})
+    assert exp.model.d_model == 128
+
+    exp = resolve(sweeps, "based_figure2", "bigbird-d64-b16-lr1e-3")
+    assert mixers(exp)[1] == ("bigbird", {"block_size": 16, "window_blocks": 3, "global_blocks": 2, "random_blocks": 3,
+                                          "num_heads": 1, "dropout": 0.0, "seed": 0})
+
+    exp = resolve(sweeps, "based_figure2", "nystromformer-d128-m512-lr1e-3")
+    assert mixers(exp)[1] == ("nystromformer", {"num_landmarks": 512, "num_heads": 1, "conv_kernel_size": 0, "dropout": 0.0})
+    with torch.device("meta"):
+        model = LanguageModel(exp)
+    assert [type(b.sequence_mixer).__name__ for b in model.blocks] == ["BaseConv", "Nystromformer"]
 
     exp = resolve(sweeps, "based_figure2", "mamba2-d256-n24-lr1e-3")
     assert mixers(exp)[0][0] == "mamba2" and has(mixers(exp)[0][1], d_state=24, headdim=64, expand=2)
