@@ -25,6 +25,7 @@ from zoology.mixers.nystromformer import Nystromformer
 from zoology.mixers.scatterbrain import Scatterbrain, orthogonal_gaussian
 from zoology.testing import check_mixer
 
+from .test_chunked import _forward_matches_recurrent
 from .test_new_mixers import TINY_MQAR
 
 SEQ_LEN = 45  # not a multiple of the block, window or segment lengths below
@@ -48,6 +49,21 @@ CASES = [
 def test_check_mixer(cls, params):
     torch.set_num_threads(1)
     check_mixer(cls, d_model=32, seq_len=SEQ_LEN, **params)
+
+
+@pytest.mark.parametrize(("cls", "params"), [
+    (BigBird, {"block_size": 4, "window_blocks": 2, "global_blocks": 1, "random_blocks": 2, "num_heads": 2}),
+    (Scatterbrain, {"window": 6, "feature_dim": 16, "num_heads": 2}),
+    (Nystromformer, {"num_landmarks": 6, "num_heads": 2, "conv_kernel_size": 3}),
+], ids=["bigbird", "scatterbrain", "nystromformer"])
+def test_forward_matches_recurrent_float64(cls, params):
+    """Training form == step-by-step form in float64, values and every parameter's gradient."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    m = cls(32, **params).double().eval()
+    if isinstance(m, Scatterbrain):
+        m.chunk_size = 16  # several chunks of the low-rank scan
+    _forward_matches_recurrent(m, torch.randn(2, SEQ_LEN, 32, dtype=torch.float64), 1e-10, 1e-8)
 
 
 @pytest.mark.parametrize(("cls", "params", "field"), [

@@ -98,8 +98,9 @@ class Nystromformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x)  # [B, H, L, Dh]
-        with torch.autocast(x.device.type, enabled=False):  # the triangular solve wants fp32
-            y = self._attend(q.float(), k.float(), v.float())
+        wide = torch.promote_types(q.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):  # the triangular solve wants fp32 at least
+            y = self._attend(q.to(wide), k.to(wide), v.to(wide))
         return self._finish(y.to(q.dtype), v)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -150,7 +151,7 @@ class Nystromformer(nn.Module):
         """
         _b, l, _ = x.shape
         q, k, v = self.qkv(x)
-        qf, kf, vf = q.float(), k.float(), v.float()
+        qf, kf, vf = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in (q, k, v))
         bsz, h, _, dh = q.shape
         scale, c = dh**-0.5, self.segment_len(l)
         q_sum, k_sum = qf.new_zeros(bsz, h, dh), qf.new_zeros(bsz, h, dh)

@@ -100,7 +100,7 @@ class Scatterbrain(_QKV):
         """Log-features: q, k [B, H, L, Dh] → lq, lk [B, H, L, m] with
         Σ_r exp(lq_r + lk_r) = φ(q)·φ(k) ≈ exp(s q·k), and lk ≤ 0."""
         s = self.head_dim**-0.5
-        w = self.directions.float()  # [m/2, Dh]
+        w = self.directions.to(q.dtype)  # [m/2, Dh]
         half_w2 = torch.cat([w.square().sum(-1), w.square().sum(-1)]) / 2  # [m] |w_r|²/2, per sign
         qs, ks = q * s**0.5, k * s**0.5  # x' = x·s^½, so q'·k' = s q·k
         qw, kw = qs @ w.t(), ks @ w.t()  # [B, H, L, m/2]
@@ -110,8 +110,9 @@ class Scatterbrain(_QKV):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x)  # [B, H, L, Dh]
-        with torch.autocast(x.device.type, enabled=False):  # exp-weighted sums in fp32
-            y = self._attend(q.float(), k.float(), v.float())
+        wide = torch.promote_types(q.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):  # exp-weighted sums in fp32 at least
+            y = self._attend(q.to(wide), k.to(wide), v.to(wide))
         return self.out(y.to(q.dtype))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -155,7 +156,7 @@ class Scatterbrain(_QKV):
         Returns the output and (keys, values, S, z), the caches [B, H, min(window, L), Dh].
         """
         _b, l, _ = x.shape
-        q, k, v = (t.float() for t in self.qkv(x))  # [B, H, L, Dh]
+        q, k, v = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in self.qkv(x))  # [B, H, L, Dh]
         lq, lk = self.features(q, k)
         bsz, h, _, dh = q.shape
         S = q.new_zeros(bsz, h, self.feature_dim, dh)
