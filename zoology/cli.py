@@ -188,6 +188,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from zoology.evaluation import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.set, args.data, args.name)
+    rec = result.record
+    if not args.quiet:
+        print(f"{rec['experiment']}/{rec['run_id']}: the model of epoch {rec['model_epoch']} on "
+              f"{rec['data']['num_examples']} examples ({len(rec['data']['segments'])} segment(s), "
+              f"length {rec['data']['seq_len']})")
+        print(format_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in result.metrics.items()],
+                           output_width(args.width)))
+    accuracy = result.metrics.get("test/accuracy")
+    print(f"{result.name}: test/accuracy {accuracy:.4f} → {result.path}")
+    return EXIT_OK
+
+
 # -- listing -------------------------------------------------------------------------------
 
 
@@ -409,6 +425,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="build the model even where the memory estimate "
                                                          "exceeds what is available")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("eval", help="score a finished run's saved model on its test segments or new ones",
+                       description="Score a finished run's saved model (model.safetensors) on the run's own "
+                                   "test segments, which reproduces its summary's test metrics, or on new ones "
+                                   "(other lengths, pair counts, tasks within the model's vocabulary). Writes "
+                                   "eval/NAME.json in the run directory.")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run: runs/<experiment>/<run-id>")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="change what is evaluated (value in TOML syntax): data.test..., data.seed, "
+                        "data.eval_batch_size, data.cache_dir or train.mixed_precision, "
+                        "e.g. --set data.test.0.input_seq_len=128")
+    p.add_argument("--data", type=Path, metavar="FILE.toml",
+                   help="a TOML file whose [[data.test]] tables replace the run's test segments")
+    p.add_argument("--name", metavar="NAME",
+                   help="write eval/NAME.json (default: 'test' for the run's own test segments, else made "
+                        "of the --data file's name and the --set values)")
+    p.add_argument("--quiet", "-q", action="store_true", help="the result line only, no table")
+    _width_arg(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plugins", help="installed plugins and what they register")
     p.add_argument("--json", action="store_true", help="every field in full, as JSON")

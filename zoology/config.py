@@ -23,6 +23,7 @@ import tomli_w
 from cattrs.errors import AttributeValidationNote, ForbiddenExtraKeysError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn
 
+from zoology import saved
 from zoology.errors import MAX_SHOWN, ConfigError, FieldError, UserError
 from zoology.metrics import parse as parse_metric
 from zoology.metrics import reported as reported_metrics
@@ -75,6 +76,19 @@ class DataConfig:
     cache_dir: bool | str = False
 
 
+def _absolute(value: str | None) -> str | None:
+    return None if value is None else str(Path(value).expanduser().resolve())
+
+
+def _saved_model(inst: Any, attribute: attrs.Attribute, value: str | None) -> None:
+    """``model.init_from`` names a finished run that holds a model."""
+    if value is not None:
+        try:
+            saved.model_file(value)
+        except UserError as exc:
+            raise FieldError(attribute.name, str(exc)) from None
+
+
 @attrs.frozen
 class ModelConfig:
     sequence_mixer: list[MixerSpec] = _one_or_many("mixer table(s), cycled over layers",
@@ -94,6 +108,9 @@ class ModelConfig:
     # "next_token": a causal LM head at every position; "autoencoder": MAD's compression
     # protocol, every position decoded from the last position's vector by an MLP
     readout: Literal["next_token", "autoencoder"] = "next_token"
+    # a finished run (its folder) whose saved model is loaded into this one before training;
+    # kept as an absolute path, so the resolved config names the same run from anywhere
+    init_from: str | None = attrs.field(default=None, converter=_absolute, validator=_saved_model)
 
 
 def _metric(inst: Any, attribute: attrs.Attribute, value: str) -> None:
@@ -465,8 +482,11 @@ def _short(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
-def structure_experiment(raw: dict[str, Any], source: str, registry: Registry | None = None) -> Experiment:
-    """dict → Experiment, strictly, with every problem reported at once as a ConfigError."""
+def structure_experiment(raw: dict[str, Any], source: str, registry: Registry | None = None,
+                         check_model: bool = True) -> Experiment:
+    """dict → Experiment, strictly, with every problem reported at once as a ConfigError.
+    ``check_model=False`` skips the checks of the model against the data (``zoology eval``
+    makes its own, for a model that exists already)."""
     conv = converter(registry)
     try:
         exp = conv.structure(raw, Experiment)
@@ -474,6 +494,8 @@ def structure_experiment(raw: dict[str, Any], source: str, registry: Registry | 
         if not isinstance(exc, (BaseExceptionGroup, ValueError, TypeError, KeyError)):
             raise
         raise ConfigError(source, list(flatten_errors(exc))) from None
+    if not check_model:
+        return exp
     problems = list(_check_model(exp))
     if problems:
         raise ConfigError(source, problems)
@@ -507,6 +529,7 @@ def _check_model(exp: Experiment) -> Iterator[tuple[str, str]]:
                         ("train.early_stopping.metric", stop.metric if stop else None)):
         if metric is not None and metric not in reported:
             yield key, f"{metric!r} is not reported by the validation segments; they report {', '.join(reported)}"
+    mixers_build = True
     for key, specs in (("sequence_mixer", m.sequence_mixer), ("state_mixer", m.state_mixer)):
         for i, spec in enumerate(specs[: m.n_layers]):
             path = f"model.{key}" + (f"[{i}]" if len(specs) > 1 else "")
@@ -514,9 +537,20 @@ def _check_model(exp: Experiment) -> Iterator[tuple[str, str]]:
                 with torch.device("meta"):
                     spec.build(mixer_context(exp, layer_idx=i))
             except FieldError as exc:
+                mixers_build = False
                 yield _join(path, exc.field), exc.message
             except (ValueError, TypeError, AssertionError) as exc:
+                mixers_build = False
                 yield path, f"{spec.name} rejects these arguments: {exc}"
+    if m.init_from is not None and mixers_build:
+        from zoology.model import LanguageModel
+
+        with torch.device("meta"):
+            model = LanguageModel(exp)
+        try:
+            saved.check_fits(saved.model_file(m.init_from), model)
+        except UserError as exc:
+            yield "model.init_from", str(exc)
 
 
 def mixer_context(exp: Experiment, layer_idx: int) -> MixerContext:

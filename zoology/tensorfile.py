@@ -57,6 +57,19 @@ def save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] 
     atomic_write(Path(path), dumps(tensors, metadata))
 
 
+def shapes(path: Path) -> dict[str, list[int]]:
+    """The name and shape of every tensor in a file, from its header alone (the data is
+    neither read nor verified; :func:`load` does that); CorruptFile if the header is unreadable."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, struct.error, TypeError, KeyError, AttributeError) as exc:
+        raise CorruptFile(f"{path}: unreadable tensor file ({exc})") from None
+
+
 def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata of a file, verified against its digest; CorruptFile naming
     the file if it cannot be read, has no digest or does not match it."""

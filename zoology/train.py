@@ -30,7 +30,7 @@ from accelerate.utils import GradientAccumulationPlugin, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from zoology import checkpoint, tensorfile
+from zoology import checkpoint, saved, tensorfile
 from zoology.config import Experiment, dump_experiment
 from zoology.data import Split, build_splits, loader
 from zoology.errors import UserError
@@ -303,6 +303,8 @@ class Trainer:
             self.step, self.train_time, self.first_epoch = state["step"], state["train_time"], state["epoch"] + 1
             self.best_value, self.best_record, self.best_state = state["best_value"], state["best_record"], ckpt["best"]
             self.last_metrics = state.get("last_metrics", {})
+            if state.get("init_from"):
+                self.summary["init_from"] = state["init_from"]
             # the attempt the checkpoint came from ended (as far as anything was kept) at its save
             self.attempts = [*state.get("attempts", []), {
                 "start": state.get("attempt_start"), "end": state.get("saved_at"),
@@ -314,9 +316,12 @@ class Trainer:
                                                     if r["epoch"] <= state["epoch"]))
                 if not self.quiet:
                     print(f"{self.exp.name}/{self.exp.run_id}: resuming after epoch {state['epoch']}")
-        elif self.main:
-            run_dir.write_text(CONFIG, self.resolved)
-            run_dir.reset_metrics()
+        else:
+            if self.exp.model.init_from is not None:
+                self._init_from(self.exp.model.init_from)
+            if self.main:
+                run_dir.write_text(CONFIG, self.resolved)
+                run_dir.reset_metrics()
         if self.main:
             run_dir.write_json(SUMMARY, self.summary)
         acc = self.acc
@@ -330,6 +335,12 @@ class Trainer:
             seeds={"init_and_order": self.exp.train_seed, **{k: s.seeds for k, s in self.splits.items()}},
             versions=versions(),
         )
+
+    def _init_from(self, run: str) -> None:
+        """Start from another run's saved model (``model.init_from``; every process loads
+        it): its weights replace the fresh initialisation, and the summary names the run."""
+        meta = saved.load_into(self.acc.unwrap_model(self.model), saved.model_file(run))
+        self.summary["init_from"] = saved.origin(run, meta)
 
     def _read_checkpoint(self) -> dict[str, Any]:
         """The newest checkpoint whose every file verifies; UserError if none does."""
@@ -461,6 +472,7 @@ class Trainer:
                 "best_value": self.best_value, "best_record": self.best_record, "last_metrics": self.last_metrics,
                 "attempts": self.attempts, "attempt_start": self.attempt_start,
                 "attempt_first_epoch": self.first_epoch, "saved_at": _now(),
+                "init_from": self.summary.get("init_from"),
                 "elapsed_s": self.elapsed + time.time() - self.start}, self.best_state)
         acc.wait_for_everyone()
 
