@@ -43,6 +43,9 @@ VARIANTS = {
     "mamba": [{"d_state": 4, "dt_rank": 3, "expand": 1}],
     "mamba2": [{"d_state": 8, "headdim": 16, "ngroups": 2}],
     "rwkv7": [{"head_dim": 8, "decay_lora": 4, "a_lora": 4, "gate_lora": 8}],
+    "selective_lookups": [{"num_heads": 2, "n_lookups": 3}, {"hard_select": False}],
+    "sigmoid_lookups": [{"num_heads": 4, "n_lookups": 2, "selection_penalty": 0.1}, {"hard_select": False}],
+    "sma": [{"num_heads": 2, "alpha": 1.0, "n_lookups": 50}],
 }
 
 

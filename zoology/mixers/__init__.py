@@ -48,6 +48,7 @@ from zoology.mixers.retnet import MultiScaleRetention
 from zoology.mixers.rwkv import RWKV4
 from zoology.mixers.rwkv6 import RWKV5, RWKV6
 from zoology.mixers.rwkv7 import RWKV7
+from zoology.mixers.selective import SMA, SelectiveLookups, SigmoidLookups
 from zoology.mixers.state import GLU, MLP, Identity
 
 # registered by zoology.builtin; one line per mixer class
@@ -73,6 +74,9 @@ BUILTIN_MIXERS: list[type] = [
     HGRN2,
     GatedSlotAttention,
     ForgettingAttention,
+    SelectiveLookups,
+    SigmoidLookups,
+    SMA,
     MLP,
     GLU,
     Identity,
