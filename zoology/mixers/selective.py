@@ -28,8 +28,8 @@ queries (each still attends to every earlier key, so the KV cache stays whole).
 
 Differences from upstream, all deliberate:
 
-- Causal selection. Upstream evaluates with the top ⌈√L⌉ positions of the *whole*
-  sequence, and ``SelectiveLookups`` normalises its softmax over the whole sequence in
+- Causal selection. Upstream evaluates with the top ⌈√L⌉ (``SigmoidLookups``: or
+  ``n_lookups``) positions of the *whole* sequence, and ``SelectiveLookups`` normalises its softmax over the whole sequence in
   training as well: both let position t see the scores of later positions. Here the
   top-n is taken over the prefix r_0..r_t and the softmax over positions ≤ t. The price:
   the number of selected positions is at least min(n, L) but not capped at n (about
