@@ -47,6 +47,9 @@ VARIANTS = {
                 {"block_size": 4, "random_blocks": 0}],
     "scatterbrain": [{"window": 4, "feature_dim": 8, "num_heads": 2}, {"window": 1, "feature_dim": 64}],
     "nystromformer": [{"num_landmarks": 4, "num_heads": 2}, {"num_landmarks": 6, "conv_kernel_size": 3}],
+    "selective_lookups": [{"num_heads": 2, "n_lookups": 3}, {"hard_select": False}],
+    "sigmoid_lookups": [{"num_heads": 4, "n_lookups": 2, "selection_penalty": 0.1}, {"hard_select": False}],
+    "sma": [{"num_heads": 2, "alpha": 1.0, "n_lookups": 50}],
 }
 
 

@@ -14,6 +14,10 @@ Mixer tables cycle over layers, so `[a, b]` with 4 layers gives a, b, a, b.
 position's vector z [B, D], plus a fixed sinusoidal embedding of each output position, goes
 through a two-layer MLP decoder to logits for every position [B, L, V]; nothing but z
 carries information about the sequence.
+
+Mixers may define ``auxiliary_loss()`` (see the contract in ``zoology.mixers``);
+:meth:`LanguageModel.auxiliary_loss` sums them for the trainer, which adds the sum to the
+training loss only.
 """
 
 from __future__ import annotations
@@ -90,6 +94,11 @@ class LanguageModel(nn.Module):
         if self.decoder is None:
             self.lm_head.weight = self.token_embedding.weight  # tied
         self._init_weights(cfg.n_layers)
+        # mixers with an auxiliary loss, found once so that models without one pay nothing per step
+        self._aux_mixers = tuple(
+            m for block in self.blocks for m in (block.sequence_mixer, block.state_mixer)
+            if callable(getattr(m, "auxiliary_loss", None))
+        )
 
     def _init_weights(self, n_layers: int, std: float = 0.02) -> None:
         """GPT-2 init, output projections scaled by 1/sqrt(2·n_layers); mixers that define
@@ -121,6 +130,18 @@ class LanguageModel(nn.Module):
             x = block(x)
         x = self.blocks[-1](x, where)
         return self.lm_head(self.norm_f(x))
+
+    @property
+    def has_auxiliary_loss(self) -> bool:
+        """Whether any mixer defines ``auxiliary_loss()``."""
+        return bool(self._aux_mixers)
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """Sum of the auxiliary losses of the mixers that define one, from the most recent
+        forward (each already weighted by its mixer); None when no mixer defines one."""
+        if not self._aux_mixers:
+            return None
+        return torch.stack([m.auxiliary_loss().float() for m in self._aux_mixers]).sum()
 
     def state_size(self, seq_len: int) -> int:
         """Scalars of inference-time state per sequence, summed over every mixer."""

@@ -51,8 +51,9 @@ def check_task(task_cls: type[Task], invalid: list[dict[str, Any]] = (), **param
 def check_mixer(
     mixer_cls: type, d_model: int = 32, seq_len: int = 17, causal: bool = True, atol: float = 1e-5, **params: Any
 ) -> torch.nn.Module:
-    """Check the Mixer contract: shapes, causality, gradients, bf16 autocast, state size; and,
-    for a mixer with ``recurrent(x)``, that it matches forward and holds state_size scalars."""
+    """Check the Mixer contract: shapes, causality, gradients, bf16 autocast, state size; for
+    a mixer with ``recurrent(x)``, that it matches forward and holds state_size scalars; for
+    one with ``auxiliary_loss()``, that it is a finite scalar with a gradient path to a parameter."""
     torch.manual_seed(0)
     mixer = build_mixer(mixer_cls, params, MixerContext(d_model=d_model, max_seq_len=seq_len)).eval()
     with torch.no_grad():  # zero-initialised weights (output projections, low-rank maps, gates)
@@ -78,6 +79,8 @@ def check_mixer(
     mixer(x).square().mean().backward()
     missing = [n for n, p in mixer.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
     assert not missing, f"parameters without a finite gradient: {missing}"
+    if callable(getattr(mixer, "auxiliary_loss", None)):
+        _check_auxiliary_loss(mixer, d_model, seq_len)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = mixer(torch.randn(2, seq_len, d_model))
     assert torch.isfinite(y.float()).all(), "bf16 autocast output must be finite"
@@ -117,3 +120,17 @@ def _check_recurrent(mixer: torch.nn.Module, d_model: int, seq_len: int, batch: 
     assert total // batch == expected, (
         f"recurrent state holds {total // batch} scalars per sequence, state_size({seq_len}) says {expected}"
     )
+
+
+def _check_auxiliary_loss(mixer: torch.nn.Module, d_model: int, seq_len: int) -> None:
+    """After a training-mode forward, auxiliary_loss() is a finite scalar tensor in the graph,
+    with a gradient path to at least one parameter."""
+    mixer(torch.randn(2, seq_len, d_model))
+    aux = mixer.auxiliary_loss()
+    assert isinstance(aux, torch.Tensor), f"auxiliary_loss() must return a tensor, got {type(aux).__name__}"
+    assert aux.dim() == 0, f"auxiliary_loss() must be a scalar (0-d tensor), got shape {tuple(aux.shape)}"
+    assert torch.isfinite(aux), f"auxiliary_loss() must be finite, got {aux.item()}"
+    params = [p for p in mixer.parameters() if p.requires_grad]
+    assert aux.requires_grad, "auxiliary_loss() is not in the autograd graph (detached, or computed without grad)"
+    grads = torch.autograd.grad(aux, params, allow_unused=True)
+    assert any(g is not None for g in grads), "auxiliary_loss() has no gradient path to any parameter"

@@ -271,6 +271,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(cfg.warmup_steps, steps_per_epoch * cfg.max_epochs)
         )
+        self.raw_model = model  # the LanguageModel itself (prepare may wrap it, e.g. in DDP)
         self.model, self.optimizer, self.train_loader, self.valid_loader, self.test_loader = acc.prepare(
             model, optimizer, train_loader, loader(self.splits["valid"], eval_batch),
             loader(self.splits["test"], eval_batch)
@@ -358,12 +359,20 @@ class Trainer:
                         "`zoology run --rerun` starts this run over")
 
     def run_epoch(self, epoch: int) -> dict[str, Any] | None:
-        """Train one epoch, evaluate, record; the epoch's record, or None if it diverged."""
+        """Train one epoch, evaluate, record; the epoch's record, or None if it diverged.
+
+        The optimized loss is the cross-entropy of the scored positions plus, when mixers
+        define one, the model's auxiliary loss (``LanguageModel.auxiliary_loss``).
+        ``train/loss`` records the cross-entropy alone (comparable with ``valid/loss`` and
+        across mixers) and ``train/aux_loss`` the auxiliary part, each an epoch mean;
+        evaluation scores the plain cross-entropy."""
         acc, model, cfg = self.acc, self.model, self.exp.train
         model.train()
         self.order.epoch = epoch
         epoch_start = time.time()
         total = torch.zeros((), device=acc.device)
+        aux = self.raw_model.has_auxiliary_loss
+        aux_total = torch.zeros((), device=acc.device)
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{cfg.max_epochs}", disable=self.quiet or not self.main,
                    leave=False, dynamic_ncols=True)
         for i, (inputs, labels, _) in enumerate(bar):
@@ -371,7 +380,8 @@ class Trainer:
                 with self.precision.autocast():
                     logits, targets = scored_logits(model, inputs, labels)
                     loss = F.cross_entropy(logits, targets)
-                acc.backward(self.precision.scale(loss))
+                    aux_loss = self.raw_model.auxiliary_loss() if aux else None
+                acc.backward(self.precision.scale(loss if aux_loss is None else loss + aux_loss))
                 if acc.sync_gradients:
                     self.precision.unscale_(self.optimizer)
                     if cfg.max_grad_norm:
@@ -381,24 +391,30 @@ class Trainer:
                     self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
             total += loss.detach()
+            if aux_loss is not None:
+                aux_total += aux_loss.detach()
             if i % 25 == 24 and not bar.disable:  # the only host syncs in the loop
                 bar.set_postfix(loss=f"{total.item() / (i + 1):.3f}", refresh=False)
         self.train_time += time.time() - epoch_start
         train_loss = float(acc.reduce(total, "mean")) / max(1, len(self.train_loader))
-        if not math.isfinite(train_loss):
+        aux_mean = float(acc.reduce(aux_total, "mean")) / max(1, len(self.train_loader)) if aux else 0.0
+        if not math.isfinite(train_loss + aux_mean):
             if self.main and not self.quiet:
-                tqdm.write(f"epoch {epoch}: training loss is {train_loss}; the run diverged")
+                what = f"{train_loss}" + (f" (auxiliary {aux_mean})" if aux else "")
+                tqdm.write(f"epoch {epoch}: training loss is {what}; the run diverged")
             return None
         with self.precision.autocast():
             metrics = evaluate(model, self.valid_loader, self.splits["valid"], acc, "valid")
         self.last_metrics = metrics
         record = {"epoch": epoch, "step": self.step, "train/loss": train_loss,
+                  **({"train/aux_loss": aux_mean} if aux else {}),
                   "lr": self.scheduler.get_last_lr()[0], **metrics, "time_s": round(time.time() - self.start, 3)}
         if self.main:
             self.run_dir.append_metrics(record)
             self.tracker.log(record, self.step)
             if not self.quiet:
-                tqdm.write(f"epoch {epoch:>3}  train/loss {train_loss:.4f}  valid/loss "
+                aux_text = f"  train/aux_loss {aux_mean:.4g}" if aux else ""
+                tqdm.write(f"epoch {epoch:>3}  train/loss {train_loss:.4f}{aux_text}  valid/loss "
                            f"{metrics['valid/loss']:.4f}  valid/accuracy {metrics['valid/accuracy']:.4f}")
         if _better(cfg.select_metric, metrics[cfg.select_metric], self.best_value):
             self.best_value, self.best_record = metrics[cfg.select_metric], record

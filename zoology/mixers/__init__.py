@@ -23,6 +23,13 @@ The contract:
   fp32), and ``state`` (a tensor, or tuples/lists/dicts of tensors; a complex scalar counts
   as two) must hold exactly ``state_size(L)`` scalars per sequence after the last position.
   ``zoology.testing.check_mixer`` checks both whenever ``recurrent`` exists.
+* A mixer that wants a training objective of its own (a sparsity or load-balancing penalty)
+  defines ``auxiliary_loss() -> torch.Tensor``: a finite scalar computed by its most recent
+  forward, still in the autograd graph, already weighted as the mixer wants it.
+  ``LanguageModel.auxiliary_loss()`` sums it over the layers; the trainer adds the sum to
+  the training loss and records its epoch mean as ``train/aux_loss`` (``train/loss`` stays
+  the cross-entropy, and evaluation scores the cross-entropy alone). ``check_mixer`` checks
+  that it is a finite scalar with a gradient path to a parameter.
 """
 
 from zoology.mixers.attention import Attention, SlidingWindowAttention
@@ -44,6 +51,7 @@ from zoology.mixers.rwkv import RWKV4
 from zoology.mixers.rwkv6 import RWKV5, RWKV6
 from zoology.mixers.rwkv7 import RWKV7
 from zoology.mixers.scatterbrain import Scatterbrain
+from zoology.mixers.selective import SMA, SelectiveLookups, SigmoidLookups
 from zoology.mixers.state import GLU, MLP, Identity
 
 # registered by zoology.builtin; one line per mixer class
@@ -72,6 +80,9 @@ BUILTIN_MIXERS: list[type] = [
     BigBird,
     Scatterbrain,
     Nystromformer,
+    SelectiveLookups,
+    SigmoidLookups,
+    SMA,
     MLP,
     GLU,
     Identity,
