@@ -42,6 +42,7 @@ from zoology.mixers.rwkv import RWKV4
 from zoology.mixers.rwkv6 import RWKV5, RWKV6
 from zoology.mixers.rwkv7 import RWKV7
 from zoology.mixers.state import GLU, MLP, Identity
+from zoology.mixers.ttt import TTTLinear
 
 # registered by zoology.builtin; one line per mixer class
 BUILTIN_MIXERS: list[type] = [
@@ -66,6 +67,7 @@ BUILTIN_MIXERS: list[type] = [
     HGRN2,
     GatedSlotAttention,
     ForgettingAttention,
+    TTTLinear,
     MLP,
     GLU,
     Identity,
