@@ -339,7 +339,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     print(report(args.runs_dir, group_by=args.group_by, best_over=args.best_over, csv_path=args.csv,
                  plot_path=args.plot, x=args.x, metric=args.metric, curves_path=args.curves,
-                 as_json=args.json, width=output_width(args.width)))
+                 as_json=args.json, width=output_width(args.width), mad=args.mad))
     return EXIT_OK
 
 
@@ -497,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "a line per run, a colour per row of the table")
     p.add_argument("--metric", default="test/accuracy",
                    help="test metric to report (selection uses its valid/ twin)")
+    p.add_argument("--mad", action="store_true",
+                   help="MAD's score: per architecture (--group-by, default mixer) and MAD task, the test "
+                        "metric of the lr × weight decay point with the best validation score, and their "
+                        "mean over the six tasks (--plot: bars per task)")
     _width_arg(p)
     p.set_defaults(func=cmd_report)
 

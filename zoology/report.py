@@ -8,6 +8,11 @@ A run directory is any folder holding ``summary.json`` (and, normally, the resol
 whose resolved configs are identical except for those keys compete, and the one with the
 best *validation* metric is kept (its test metric is what the table shows). Done runs
 always win over failed, diverged or unfinished ones.
+
+``mad`` (``zoology report --mad``, :func:`mad_report`) is MAD's benchmark score (Poli et al.
+2024, examples/mad_protocol.toml): per architecture and MAD task, the test metric of the
+grid point (learning rate × weight decay) that is best on validation, and the mean over the
+six tasks.
 """
 
 from __future__ import annotations
@@ -585,16 +590,173 @@ def _handle_for(axes: Sequence[Any], mixer: str) -> Any:
     return None
 
 
+# -- MAD -----------------------------------------------------------------------------------
+
+# MAD's six tasks (Poli et al. 2024, athms/mad-lab) under their Zoology names, in the paper's order
+MAD_TASKS = ("in_context_recall", "fuzzy_in_context_recall", "noisy_in_context_recall",
+             "selective_copying", "compression", "memorization")
+MAD_GRID = ("lr", "train.weight_decay")  # what MAD's protocol sweeps, and selects over, per task
+MAD_SCORE = "mad_score"
+MAD_TASK_KEY = "data.test.0.task"  # names each selected row's task (in --curves legends too)
+
+
+def mad_task(run: Run) -> str | None:
+    """The MAD task a run is scored on: the task of its test segments when that is one of
+    ``MAD_TASKS`` (None for other runs, or runs testing several tasks)."""
+    tasks = {t.get("task") for t in lookup(run.config, "data.test") or [] if isinstance(t, dict)}
+    return next(iter(tasks)) if len(tasks) == 1 and tasks <= set(MAD_TASKS) else None
+
+
+@dataclass
+class MadRow:
+    """One architecture in the MAD table: per task, the rows (one per task setting; MAD's
+    baseline is one) whose grid point won on validation."""
+
+    keys: dict[str, Any]
+    tasks: dict[str, list[Row]] = field(default_factory=dict)
+
+    def accuracy(self, task: str, metric: str) -> float | None:
+        """The task's ``metric``: the mean over its settings of the selected configuration's
+        (mean over replicates); None when a setting has no done run."""
+        values = [row.mean(metric) for row in self.tasks.get(task, [])]
+        return sum(values) / len(values) if values and None not in values else None
+
+    def missing(self, metric: str) -> list[str]:
+        return [t for t in MAD_TASKS if self.accuracy(t, metric) is None]
+
+    def score(self, metric: str) -> float | None:
+        """The MAD score: the mean of the six task accuracies, None unless all six are there."""
+        if self.missing(metric):
+            return None
+        return sum(self.accuracy(t, metric) for t in MAD_TASKS) / len(MAD_TASKS)
+
+
+def build_mad_rows(runs: Sequence[Run], arch_keys: Sequence[str], best_over: Sequence[str] = (),
+                   metric: str = "test/accuracy") -> list[MadRow]:
+    """MAD's aggregation on runs of its tasks: configurations that differ only in MAD's grid
+    (and ``best_over``) compete on validation (:func:`build_rows`); each winner is one setting
+    of its task for the architecture its ``arch_keys`` name."""
+    rows = build_rows([r for r in runs if mad_task(r)], [*arch_keys, MAD_TASK_KEY], [*MAD_GRID, *best_over], metric)
+    archs: dict[tuple, MadRow] = {}
+    for row in rows:
+        arch = {k: row.keys[k] for k in arch_keys}
+        mad = archs.setdefault(tuple(repr(v) for v in arch.values()), MadRow(arch))
+        mad.tasks.setdefault(row.keys[MAD_TASK_KEY], []).append(row)
+    return list(archs.values())
+
+
+def mad_table(rows: Sequence[MadRow], arch_keys: Sequence[str],
+              metric: str) -> tuple[list[str], list[list[Any]]]:
+    """Header and raw cells: an architecture per line, a column per task, the MAD score, and
+    how many runs took part."""
+    header = [*arch_keys, *MAD_TASKS, MAD_SCORE, "runs"]
+    cells = [[*row.keys.values(), *(row.accuracy(t, metric) for t in MAD_TASKS), row.score(metric),
+              sum(len(r.candidates) for rs in row.tasks.values() for r in rs)] for row in rows]
+    return header, cells
+
+
+def mad_records(header: Sequence[str], cells: Sequence[Sequence[Any]], rows: Sequence[MadRow],
+                metric: str) -> list[dict[str, Any]]:
+    """The MAD table as JSON-ready objects: every column, ``missing`` (tasks without a done
+    run) and ``selected`` (per task, the chosen grid point and run of each setting)."""
+    out = []
+    for cell, row in zip(cells, rows):
+        selected = {t: [{**{k: v for k, v in r.keys.items() if k not in row.keys and k != MAD_TASK_KEY},
+                         metric: r.mean(metric),
+                         "path": str(r.run.path)} for r in row.tasks[t]] for t in MAD_TASKS if t in row.tasks}
+        out.append({**dict(zip(header, cell)), "missing": row.missing(metric), "selected": selected})
+    return out
+
+
+def plot_mad(rows: Sequence[MadRow], out: str | Path, arch_keys: Sequence[str], metric: str = "test/accuracy",
+             title: str | None = None) -> Path:
+    """Grouped bars: for each MAD task and the MAD score, a bar per architecture ("n/a" where
+    the architecture has no value)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install 'zoology[plot]'") from None
+    names = [*(t.replace("_", " ") for t in MAD_TASKS), "MAD score"]
+    width = 0.8 / max(len(rows), 1)
+    fig = Figure(figsize=(2.0 + len(names) * (0.6 + 0.25 * len(rows)), 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, row in enumerate(rows):
+        values = [row.accuracy(t, metric) for t in MAD_TASKS] + [row.score(metric)]
+        xs = [g + (i - (len(rows) - 1) / 2) * width for g in range(len(values))]
+        ax.bar([x for x, v in zip(xs, values) if v is not None], [v for v in values if v is not None], width=width,
+               color=f"C{i % 10}", label=" ".join(_fmt(row.keys[k], k) for k in arch_keys))
+        for x, v in zip(xs, values):
+            if v is None:  # no value: say so, rather than a gap that reads as 0
+                ax.text(x, 0.01, "n/a", rotation=90, ha="center", va="bottom", fontsize="x-small", color=f"C{i % 10}")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=20, ha="right")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(metric.replace("/", " ", 1).replace("/", " · "))
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.legend(loc="outside right upper", title=", ".join(arch_keys))
+    ax.set_title(title or f"MAD: {metric} per task")
+    return _save_figure(fig, out, "--plot")
+
+
+def mad_report(runs: Sequence[Run], group_by: Sequence[str], best_over: Sequence[str], metric: str,
+               csv_path: str | Path | None, plot_path: str | Path | None, curves_path: str | Path | None,
+               as_json: bool, width: int | None) -> str:
+    """``zoology report --mad``: the table, notes, and the CSV and figures where asked."""
+    arch_keys = list(group_by) or ["mixer"]
+    ignored = [r for r in runs if not mad_task(r)]
+    if len(ignored) == len(runs):
+        raise UserError(f"--mad: no run is scored on one MAD task ({', '.join(MAD_TASKS)})")
+    rows = build_mad_rows(runs, arch_keys, best_over, metric)
+    header, cells = mad_table(rows, arch_keys, metric)
+    grid = ", ".join([*MAD_GRID, *best_over])
+    notes = []
+    if csv_path:
+        _write(Path(csv_path), to_csv(header, cells).encode("utf-8"), "--csv")
+        notes.append(f"table → {csv_path}")
+    if plot_path:
+        title = f"MAD: {metric} per task (best of {grid} by {valid_metric(metric)})"
+        notes.append(f"figure → {plot_mad(rows, plot_path, arch_keys, metric, title)}")
+    if curves_path:
+        chosen = [r for row in rows for t in MAD_TASKS for r in row.tasks.get(t, [])]
+        title = f"MAD: {valid_metric(metric)} per epoch (best of {grid})"
+        keys = [*arch_keys, MAD_TASK_KEY]
+        notes.append(f"curves → {plot_curves(chosen, curves_path, valid_metric(metric), keys, title)}")
+    if as_json:
+        return json.dumps(mad_records(header, cells, rows, metric), indent=2, default=str)
+    mad_runs = len(runs) - len(ignored)
+    shown = [[_fmt(v, metric if h in (*MAD_TASKS, MAD_SCORE) else h) for v, h in zip(r, header)] for r in cells]
+    lines = [format_table(header, shown, width), "",
+             f"{mad_runs} runs of MAD tasks ({sum(r.status == 'done' for r in runs if mad_task(r))} done); "
+             f"per task the {metric} of the grid point ({grid}) with the best {valid_metric(metric)}; "
+             f"{MAD_SCORE} = the mean over the {len(MAD_TASKS)} tasks"]
+    for row in rows:
+        name = " ".join(_fmt(row.keys[k], k) for k in arch_keys)
+        if row.missing(metric):
+            lines.append(f"{name}: no done run of {', '.join(row.missing(metric))}: no {MAD_SCORE}")
+        for task, settings in row.tasks.items():
+            if len(settings) > 1:
+                differ = [p for p in hidden_differences(settings, []) if not _excluded(p, [*MAD_GRID, *best_over])]
+                lines.append(f"{name}: {task} averages {len(settings)} settings"
+                             + (f" (they differ in {', '.join(differ)})" if differ else ""))
+    if ignored:
+        lines.append(f"ignored {len(ignored)} run(s) not scored on one MAD task")
+    return "\n".join(lines + notes)
+
+
 # -- the command ---------------------------------------------------------------------------
 
 
 def report(root: str | Path, group_by: Sequence[str] = (), best_over: Sequence[str] = (),
            csv_path: str | Path | None = None, plot_path: str | Path | None = None,
            x: str = "state_size", metric: str = "test/accuracy", curves_path: str | Path | None = None,
-           as_json: bool = False, width: int | None = None) -> str:
+           as_json: bool = False, width: int | None = None, mad: bool = False) -> str:
     """Everything ``zoology report`` does; returns the text it prints: the table (at most
     ``width`` characters a line) and notes, or with ``as_json`` the rows as a JSON array
-    (:func:`to_records`). The CSV, figure and curves are written only where asked."""
+    (:func:`to_records`). The CSV, figure and curves are written only where asked. With
+    ``mad``, MAD's table instead (:func:`mad_report`): ``group_by`` names the architecture
+    (default: the mixer), ``best_over`` adds keys to MAD's grid, and ``x`` does not apply."""
     if not metric.startswith("test/"):
         raise UserError(f"--metric {metric}: must be a test metric (test/...); "
                         "selection uses its validation twin")
@@ -607,6 +769,10 @@ def report(root: str | Path, group_by: Sequence[str] = (), best_over: Sequence[s
         close = difflib.get_close_matches(metric, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UserError(f"--metric {metric}: no run reports it; {hint}reported: {', '.join(known)}")
+    if mad:
+        if x != "state_size":
+            raise UserError(f"--x {x}: does not apply to --mad (its figure has a group of bars per task)")
+        return mad_report(runs, group_by, best_over, metric, csv_path, plot_path, curves_path, as_json, width)
     group_by = list(group_by) or default_group_by(runs, best_over)
     rows = build_rows(runs, group_by, best_over, metric)
     header, cells = table_rows(rows, group_by, best_over, metric)

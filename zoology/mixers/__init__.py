@@ -53,6 +53,7 @@ from zoology.mixers.rwkv7 import RWKV7
 from zoology.mixers.scatterbrain import Scatterbrain
 from zoology.mixers.selective import SMA, SelectiveLookups, SigmoidLookups
 from zoology.mixers.state import GLU, MLP, Identity
+from zoology.mixers.ttt import TTTLinear
 
 # registered by zoology.builtin; one line per mixer class
 BUILTIN_MIXERS: list[type] = [
@@ -83,6 +84,7 @@ BUILTIN_MIXERS: list[type] = [
     SelectiveLookups,
     SigmoidLookups,
     SMA,
+    TTTLinear,
     MLP,
     GLU,
     Identity,
