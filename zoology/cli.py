@@ -173,7 +173,7 @@ def _dry_run(args: argparse.Namespace, runs: list[Any], run_dirs: list[Any], sta
     else:
         gpus, cpus, where = plan.gpus_per_run, plan.threads, "local"
         how = f"local ({plan.mode}): {plan.describe()}"
-    packed = {id(e): i for i, p in enumerate(packs, 1) for _, e, _ in p if len(p) > 1}
+    packed = {id(e): i for i, p in enumerate([p for p in packs if len(p) > 1], 1) for _, e, _ in p}
     rows = [{"run_id": e.run_id, "experiment": e.name, "run_dir": str(d), "status": s, "gpus": gpus, "cpus": cpus,
              "sweep": p.labels, **({"pack": packed.get(id(e))} if args.pack > 1 else {})}
             for (p, e), d, s in zip(runs, run_dirs, statuses)]
@@ -333,7 +333,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
-    gen = bench.bench_data(args.names) if args.what == "data" else bench.bench_mixers(args.names)
+    if args.what == "train":
+        if len(args.names) != 1:
+            raise UserError("bench train: name one experiment TOML file")
+        if args.pack < 1 or args.steps < 1:
+            raise UserError("bench train: --pack and --steps must be at least 1")
+        gen = bench.bench_train(Path(args.names[0]), args.set, args.pack, args.steps)
+    elif args.set or args.pack != 1:
+        raise UserError(f"bench {args.what}: --set and --pack are for bench train")
+    else:
+        gen = bench.bench_data(args.names) if args.what == "data" else bench.bench_mixers(args.names)
     for row in gen:
         rows.append(row)
         if not args.quiet:
@@ -462,9 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
         _width_arg(p)
         p.set_defaults(func=lambda a, kind=kind: _list(kind, a))
 
-    p = sub.add_parser("bench", help="benchmarks: task generation speed or mixer throughput")
-    p.add_argument("what", choices=["data", "mixers"])
-    p.add_argument("names", nargs="*", help="only these tasks / mixers")
+    p = sub.add_parser("bench", help="benchmarks: task generation speed, mixer throughput, training steps/s")
+    p.add_argument("what", choices=["data", "mixers", "train"])
+    p.add_argument("names", nargs="*", help="only these tasks / mixers; for train: the experiment TOML file")
+    p.add_argument("--pack", type=int, default=1, metavar="K",
+                   help="train: also time K copies (seeds seed…seed+K-1) trained as one pack")
+    p.add_argument("--steps", type=int, default=50, metavar="N", help="train: timed steps per row")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="train: override a key of the experiment")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-row progress on stderr")

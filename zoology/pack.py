@@ -132,7 +132,7 @@ def plan(jobs: list[Job], size: int, why_not: str | None = None) -> tuple[list[l
     packs: list[list[Job]] = []
     for group in groups.values():
         n = math.ceil(len(group) / size)
-        cuts = [len(group) * i // n for i in range(n + 1)]
+        cuts = [-(-len(group) * i // n) for i in range(n + 1)]  # the first packs the fuller
         packs += [group[a:b] for a, b in itertools.pairwise(cuts)]
     packs += [[job] for reason_jobs in solo.values() for job in reason_jobs]
     order = {id(job): i for i, job in enumerate(jobs)}
@@ -206,7 +206,7 @@ class Stack:
                         self.exp_avg[k, a:b] = state["exp_avg"].reshape(-1)
                         self.exp_avg_sq[k, a:b] = state["exp_avg_sq"].reshape(-1)
                         self.steps[k] = float(state["step"])
-        hyper = [(o.param_groups[g]["betas"], o.param_groups[g]["eps"]) for o in self.optimizers
+        hyper = [(tuple(o.param_groups[g]["betas"]), o.param_groups[g]["eps"]) for o in self.optimizers
                  for g, _, _ in self.segments]
         if len(set(hyper)) != 1 or any(o.param_groups[0].get("amsgrad") or o.param_groups[0].get("maximize")
                                        for o in self.optimizers):
@@ -247,15 +247,16 @@ class Stack:
         every position is computed, which needs no host sync (as in a solo run)."""
         tokens, labels = tokens.long(), labels.long()
         self.base.train()
-        if tokens.device.type != "cpu":
-            return self._grad_all_positions(self.flat, self.consts, tokens, None, labels)
-        scored = (labels != IGNORE_INDEX).flatten(1)  # [K, B·L]
-        counts = scored.sum(1)  # [K]
-        width = max(1, int(counts.max()))
-        where = torch.argsort((~scored).to(torch.uint8), dim=1, stable=True)[:, :width]  # scored positions first, in order
-        targets = labels.flatten(1).gather(1, where)
-        targets[torch.arange(width) >= counts[:, None]] = IGNORE_INDEX
-        return self._grad(self.flat, self.consts, tokens, where, targets)
+        with expected_warnings():
+            if tokens.device.type != "cpu":
+                return self._grad_all_positions(self.flat, self.consts, tokens, None, labels)
+            scored = (labels != IGNORE_INDEX).flatten(1)  # [K, B·L]
+            counts = scored.sum(1)  # [K]
+            width = max(1, int(counts.max()))
+            where = torch.argsort((~scored).to(torch.uint8), dim=1, stable=True)[:, :width]  # scored first, in order
+            targets = labels.flatten(1).gather(1, where)
+            targets[torch.arange(width) >= counts[:, None]] = IGNORE_INDEX
+            return self._grad(self.flat, self.consts, tokens, where, targets)
 
     def step(self, tokens: torch.Tensor, labels: torch.Tensor, lrs: list[list[float]], weight_decays: list[list[float]],
              max_norms: list[float | None]) -> torch.Tensor:
@@ -337,7 +338,7 @@ def probe(exp: Experiment) -> tuple[str | None, set[str]]:
         models = [model, copy.deepcopy(model)]
         optimizers = [torch.optim.AdamW(param_groups(m, 0.0)) for m in models]
         try:
-            with _expected_warnings():
+            with expected_warnings():
                 Stack(models, optimizers, unused).gradients(tokens, labels)
         except Exception as exc:
             return f"{_culprits(model, exc)} cannot be vmapped ({_first_line(exc)})", set()
@@ -367,7 +368,7 @@ def _culprits(model: nn.Module, exc: Exception) -> str:
                 return functional_call(mixer, p, (x,)).float().square().mean()
 
             try:
-                with _expected_warnings():
+                with expected_warnings():
                     vmap(grad_and_value(loss), randomness="different")(params, x)
             except Exception:
                 failing.append(name)
@@ -375,7 +376,8 @@ def _culprits(model: nn.Module, exc: Exception) -> str:
 
 
 @contextlib.contextmanager
-def _expected_warnings() -> Iterator[None]:
+def expected_warnings() -> Iterator[None]:
+    """Silence the warnings a pack triggers by design."""
     with warnings.catch_warnings():
         for message in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
@@ -518,7 +520,7 @@ def run_pack(jobs: list[Job], quiet: bool, report: Report, progress: SweepProgre
         return run_inline(jobs, quiet, report, progress)
     failed = 0
     pack = None
-    with contextlib.ExitStack() as held, _expected_warnings():
+    with contextlib.ExitStack() as held, expected_warnings():
         members = []
         for point, exp, run_dir in jobs:
             try:
