@@ -48,8 +48,9 @@ def _why_not_packed(args: argparse.Namespace, distributed: bool, plan: Any) -> s
     """Why no run of this command can train packed (each run is several processes), or None."""
     if distributed:
         return "this process is one of a distributed launch"
-    several = (plan is not None and plan.mode == "launch") or (args.backend == "ray" and (args.gpus_per_run or 0) > 1)
-    return f"--gpus-per-run {args.gpus_per_run:g} trains each run on several processes" if several else None
+    gpus = plan.gpus_per_run if plan is not None else args.gpus_per_run or 0
+    several = (plan is not None and plan.mode == "launch") or (args.backend == "ray" and gpus > 1)
+    return f"{gpus:g} GPUs per run train each run on several processes" if several else None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
