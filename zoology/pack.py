@@ -320,7 +320,7 @@ def probe(exp: Experiment) -> tuple[str | None, set[str]]:
     the model cannot be packed, naming the mixer(s) that fail alone under vmap, ∅). The
     process's random state is left as it was."""
     from zoology.model import LanguageModel
-    from zoology.train import param_groups
+    from zoology.train import param_groups, scored_logits
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -330,9 +330,7 @@ def probe(exp: Experiment) -> tuple[str | None, set[str]]:
         tokens = torch.randint(vocab, (2, 2, length), device=device)  # [K=2, B=2, L]
         labels = torch.where(torch.rand(tokens.shape, device=device) < 0.5, tokens, IGNORE_INDEX)
         labels[..., -1] = tokens[..., -1]  # at least one scored position
-        scored = labels[0] != IGNORE_INDEX
-        F.cross_entropy(model(tokens[0], scored if device.type == "cpu" else None).float().reshape(-1, vocab)
-                        if device.type == "cpu" else model(tokens[0]).float()[scored], labels[0][scored]).backward()
+        F.cross_entropy(*scored_logits(model, tokens[0], labels[0])).backward()
         unused = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
         model.zero_grad(set_to_none=True)
         models = [model, copy.deepcopy(model)]
@@ -341,7 +339,7 @@ def probe(exp: Experiment) -> tuple[str | None, set[str]]:
             with expected_warnings():
                 Stack(models, optimizers, unused).gradients(tokens, labels)
         except Exception as exc:
-            return f"{_culprits(model, exc)} cannot be vmapped ({_first_line(exc)})", set()
+            return f"{_culprits(model, length)} cannot be vmapped ({_first_line(exc)})", set()
     return None, unused
 
 
@@ -350,8 +348,9 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
 
 
-def _culprits(model: nn.Module, exc: Exception) -> str:
-    """``mixer NAME[, NAME]``: the mixers of ``model`` whose own forward+backward fails under vmap."""
+def _culprits(model: nn.Module, length: int) -> str:
+    """``mixer NAME[, NAME]``: the mixers of ``model`` whose own forward+backward fails under
+    vmap on sequences of ``length``; ``the model`` if none fails alone."""
     failing, tried = [], set()
     for block in getattr(model, "blocks", []):
         for mixer in (block.sequence_mixer, block.state_mixer):
@@ -360,9 +359,8 @@ def _culprits(model: nn.Module, exc: Exception) -> str:
                 continue
             tried.add(name)
             params = {n: torch.stack([p.detach()] * 2) for n, p in mixer.named_parameters()}
-            d = model.token_embedding.embedding_dim
-            x = torch.randn(2, 2, model.decoder.positions.shape[0] if getattr(model, "decoder", None) is not None
-                            else 8, d, device=model.token_embedding.weight.device)
+            weight = model.token_embedding.weight
+            x = torch.randn(2, 2, length, weight.shape[1], device=weight.device)  # [K=2, B=2, L, D]
 
             def loss(p: dict[str, torch.Tensor], x: torch.Tensor, mixer: nn.Module = mixer) -> torch.Tensor:
                 return functional_call(mixer, p, (x,)).float().square().mean()
