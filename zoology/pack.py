@@ -169,7 +169,9 @@ class Stack:
     ``optimizers``: each model's ``torch.optim.AdamW`` (its param groups give the
     learning rate, weight decay, betas and eps; its state, if any, the moments and step
     count). ``unused``: names of parameters that get no gradient (torch's AdamW leaves
-    those alone, so the pack does too). ``autocast``: the mixed-precision context."""
+    those alone, so the pack does too). ``autocast``: the mixed-precision context.
+    Buffers and frozen parameters are stacked once and only read: a module that updates a
+    buffer while training (none of Zoology's does) would not train correctly in a pack."""
 
     def __init__(self, models: list[nn.Module], optimizers: list[torch.optim.Optimizer],
                  unused: set[str] = frozenset(), autocast: Any = contextlib.nullcontext) -> None:
