@@ -4,14 +4,19 @@
 * ``mixers``: forward+backward throughput and activation memory of every registered
   mixer at d_model 128: sequence mixers over lengths 64…4096, state mixers (which act per
   position) at the first length.
+* ``train``: steps/s of an experiment's training step, solo and packed (``--pack K``).
 """
 
 from __future__ import annotations
 
+import itertools
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 
 from zoology.mixer_context import MixerContext, build_mixer
@@ -105,3 +110,85 @@ def format_rows(rows: list[dict[str, Any]], width: int | None = None) -> str:
         return "(nothing to benchmark)"
     keys = list(dict.fromkeys(k for r in rows for k in r))
     return format_table(keys, [[r.get(k, "") for k in keys] for r in rows], width)
+
+
+def bench_train(experiment: Path, overrides: list[str] = (), pack: int = 1, steps: int = 50,
+                warmup: int = 5, repeats: int = 3) -> Iterator[dict[str, Any]]:
+    """Steps/s of the training step of ``experiment``'s first sweep point: solo (a Trainer's
+    own epoch loop) and, with ``pack`` K > 1, K copies with seeds seed … seed+K-1 trained as
+    one pack (:meth:`zoology.pack.Pack.train_round`); models×steps/s is K × steps/s.
+
+    After ``warmup`` untimed steps (first-step allocations, AdamW's state), solo and pack
+    take turns at ``steps`` steps, ``repeats`` times; each row reports its fastest turn (a
+    loaded machine slows some turns, never speeds one up). Batches come from each copy's own
+    loader, fetched beforehand. Nothing is logged; run directories live in a temporary folder."""
+    from zoology import pack as packing
+    from zoology.config import SEED_MAX, LoggingConfig, load_points
+    from zoology.runs import RunDir
+    from zoology.train import Trainer
+
+    _, exp = load_points(experiment, list(overrides))[0]
+    exp = attrs.evolve(exp, logging=LoggingConfig(),
+                       train=attrs.evolve(exp.train, early_stopping=None, checkpoint_every=0))
+    rows: dict[int, dict[str, Any]] = {}
+    turns: dict[int, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, packing.expected_warnings():
+        for k in sorted({1, pack}):
+            rows[k] = {"experiment": exp.name, "pack": k, "steps": steps}
+            unused: set[str] = set()
+            if k > 1:
+                problem, unused = packing.probe(exp)
+                if problem is not None:
+                    rows[k]["note"] = problem
+                    continue
+            members = [Trainer(attrs.evolve(exp, run_id=f"m{i}", train=attrs.evolve(
+                exp.train, seed=(exp.train.seed + i) % (SEED_MAX + 1))), RunDir(tmp, f"pack{k}", f"m{i}"), quiet=True)
+                for i in range(k)]
+            for m in members:
+                m.restore()
+                m.valid_loader = list(itertools.islice(m.valid_loader, 1))  # the untimed evaluation: one batch
+            turns[k] = _turn(members, [_batches(m, warmup + steps) for m in members], warmup, unused)
+            turns[k](warm=True)
+        seconds: dict[int, list[float]] = {k: [] for k in turns}
+        for _ in range(repeats):
+            for k, turn in turns.items():
+                seconds[k].append(turn())
+    solo = steps / min(seconds[1])
+    for k, row in rows.items():
+        if k in seconds:
+            rate = steps / min(seconds[k])
+            row.update(steps_per_s=round(rate, 2), model_steps_per_s=round(k * rate, 2), vs_solo=round(k * rate / solo, 2))
+        yield row
+
+
+def _turn(members: list[Any], batches: list[list[Any]], warmup: int, unused: set[str]) -> Any:
+    """A function that trains ``members`` (solo or as one pack) on their warm-up batches
+    (``warm=True``) or on the rest, and returns the seconds it trained."""
+    from zoology import pack as packing
+
+    stack = None if len(members) == 1 else packing.Stack(
+        [m.acc.unwrap_model(m.model) for m in members], [m.optimizer for m in members], unused,
+        members[0].precision.autocast)
+
+    def turn(warm: bool = False) -> float:
+        for m, b in zip(members, batches):
+            m.train_loader = b[:warmup] if warm else b[warmup:]
+        before = members[0].train_time
+        if stack is None:
+            members[0].run_epoch(1)
+        else:
+            packing.Pack(members, unused, True, lambda *_: None).train_round(members, stack, [1] * len(members))
+        return members[0].train_time - before
+
+    return turn
+
+
+def _batches(trainer: Any, n: int) -> list[Any]:
+    """The first ``n`` batches ``trainer`` trains on (over as many epochs as that takes)."""
+    out: list[Any] = []
+    for epoch in itertools.count(1):
+        trainer.order.epoch = epoch
+        out += itertools.islice(trainer.train_loader, n - len(out))
+        if len(out) >= n:
+            return out
+    raise AssertionError("unreachable")

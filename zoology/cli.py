@@ -44,13 +44,24 @@ def _result_line(summary: dict[str, Any], run_dir: Any) -> str:
     return " · ".join(parts) + f" → {run_dir}"
 
 
+def _why_not_packed(args: argparse.Namespace, distributed: bool, plan: Any) -> str | None:
+    """Why no run of this command can train packed (each run is several processes), or None."""
+    if distributed:
+        return "this process is one of a distributed launch"
+    gpus = plan.gpus_per_run if plan is not None else args.gpus_per_run or 0
+    several = (plan is not None and plan.mode == "launch") or (args.backend == "ray" and gpus > 1)
+    return f"{gpus:g} GPUs per run train each run on several processes" if several else None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from zoology import budget, checkpoint, launch
+    from zoology import budget, checkpoint, launch, pack
     from zoology.config import load_points
     from zoology.runs import RunDir, RunLocked, prepare_root
 
     if args.json and not args.dry_run:
         raise UserError("--json: only with --dry-run (the runs and their resources as JSON)")
+    if args.pack < 1:
+        raise UserError(f"--pack {args.pack}: must be at least 1")
     runs = load_points(args.experiment, args.set)  # every run validated up front
     if args.only:
         unknown = sorted(set(args.only) - {e.run_id for _, e in runs})
@@ -70,8 +81,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = None
     if args.backend == "local" and not distributed:
         plan = launch.plan_local(args.parallel, args.gpus_per_run, sum(args.rerun or s != "done" for s in statuses))
+    why_not = _why_not_packed(args, distributed, plan)
+    pending = [(p, e, d) for (p, e), d, s in zip(runs, run_dirs, statuses) if args.rerun or s != "done"]
+    packs, notes = pack.plan(pending, args.pack, why_not)
+    if plan is not None and args.pack > 1:  # a worker per pack
+        plan = launch.plan_local(args.parallel, args.gpus_per_run, len(packs))
     if args.dry_run:
-        return _dry_run(args, runs, run_dirs, statuses, plan)
+        for note in notes:
+            print(note, file=sys.stderr)
+        return _dry_run(args, runs, run_dirs, statuses, plan, packs)
     prepare_root(args.out)
     if args.resume and not any(checkpoint.find(d.path) for d in run_dirs):
         raise UserError(f"{args.experiment}: --resume: no checkpoint under {args.out} to resume from")
@@ -101,12 +119,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     def worker(exp: Any, quiet: bool = True) -> list[str]:
         return launch.worker_command(args.experiment, exp.run_id, args.out, args.set, args.rerun, quiet=quiet)
 
+    packs, notes = pack.plan(todo, args.pack, why_not)
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
+
+    def job(runs: list[Any]) -> launch.Job:
+        """A worker's job: one run, or one pack (its run dirs, a command that trains them as a pack)."""
+        if len(runs) == 1:
+            _, exp, run_dir = runs[0]
+            return run_dir, worker(exp), exp.name
+        return ([d for _, _, d in runs], launch.worker_command(
+            args.experiment, [e.run_id for _, e, _ in runs], args.out, args.set, args.rerun), runs[0][1].name)
+
+    pack_jobs = [job(p) for p in packs]
     try:
         if args.backend == "ray":
-            jobs = [(run_dir, worker(exp), exp.name) for _, exp, run_dir in todo]
-            failed = launch.run_ray(jobs, args.address, args.cpus_per_run, args.gpus_per_run, report, progress)
+            failed = launch.run_ray(pack_jobs, args.address, args.cpus_per_run, args.gpus_per_run, report, progress)
         elif plan is None or plan.mode == "inline":
-            failed = launch.run_inline(todo, args.quiet, report, progress)
+            failed = (pack.run_inline(packs, args.quiet, report, progress) if len(packs) < len(todo) else
+                      launch.run_inline(todo, args.quiet, report, progress))
         elif plan.mode == "launch":  # one run at a time on G GPUs: accelerate launch of G processes
             g = plan.gpus_per_run
             print(f"each run: accelerate launch of {g} processes on GPUs {','.join(plan.slots[0])}",
@@ -116,8 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             failed = launch.run_launched(jobs, plan.env(0, processes=g), report, progress)
         else:
             print(f"local workers: {plan.describe()}", file=sys.stderr, flush=True)
-            jobs = [(run_dir, worker(exp), exp.name) for _, exp, run_dir in todo]
-            failed = launch.run_local(jobs, plan.parallel, report, progress, env=plan.env)
+            failed = launch.run_local(pack_jobs, plan.parallel, report, progress, env=plan.env)
     finally:
         progress.close()
     if len(runs) > 1:
@@ -130,9 +160,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace, runs: list[Any], run_dirs: list[Any], statuses: list[str | None],
-             plan: Any) -> int:
-    """List every run with its status and resources (GPUs and CPU threads per run); with
-    ``--json`` as one JSON object, e.g. for a job array that runs ``--only RUN_ID`` per task."""
+             plan: Any, packs: list[list[Any]]) -> int:
+    """List every run with its status and resources (GPUs and CPU threads per run, or per
+    pack with ``--pack``) and, with ``--pack``, the pack it trains in; with ``--json`` as one
+    JSON object, e.g. for a job array that runs ``--only RUN_ID`` per task."""
     if args.backend == "ray":  # gpus None: decided by the cluster (1 if it has GPUs, else 0)
         gpus, cpus, where = args.gpus_per_run, args.cpus_per_run, "ray"
         how = (f"ray: each run {cpus:g} CPU(s) and "
@@ -143,8 +174,10 @@ def _dry_run(args: argparse.Namespace, runs: list[Any], run_dirs: list[Any], sta
     else:
         gpus, cpus, where = plan.gpus_per_run, plan.threads, "local"
         how = f"local ({plan.mode}): {plan.describe()}"
+    packed = {id(e): i for i, p in enumerate([p for p in packs if len(p) > 1], 1) for _, e, _ in p}
     rows = [{"run_id": e.run_id, "experiment": e.name, "run_dir": str(d), "status": s, "gpus": gpus, "cpus": cpus,
-             "sweep": p.labels} for (p, e), d, s in zip(runs, run_dirs, statuses)]
+             "sweep": p.labels, **({"pack": packed.get(id(e))} if args.pack > 1 else {})}
+            for (p, e), d, s in zip(runs, run_dirs, statuses)]
     if args.json:
         out: dict[str, Any] = {"experiment": str(args.experiment), "out": str(args.out), "backend": where}
         if plan is not None:
@@ -152,10 +185,16 @@ def _dry_run(args: argparse.Namespace, runs: list[Any], run_dirs: list[Any], sta
         out.update(gpus_per_run=gpus, cpus_per_run=cpus, runs=rows)
         print(json.dumps(out, indent=2))
         return EXIT_OK
-    print(format_table(["run", "status", "varied values"],
-                       [[r["run_id"], r["status"] or "-", " ".join(f"{k}={v}" for k, v in r["sweep"].items())]
-                        for r in rows]))
+    pack_column = ["pack"] if args.pack > 1 else []
+    print(format_table(["run", "status", *pack_column, "varied values"],
+                       [[r["run_id"], r["status"] or "-", *([r["pack"] or "-"] if pack_column else []),
+                         " ".join(f"{k}={v}" for k, v in r["sweep"].items())] for r in rows]))
     print(how)  # every run gets the same resources
+    if args.pack > 1:
+        sizes = [len(p) for p in packs if len(p) > 1]
+        print(f"--pack {args.pack}: {len(sizes)} pack(s) of {'/'.join(map(str, sizes)) or '-'} runs, "
+              f"{len(packs) - len(sizes)} run(s) unpacked; each pack trains in one process (\"run\" above: "
+              "per pack); whether its model can be packed is checked when it starts")
     print(f"{len(runs)} runs, all valid; nothing trained (--dry-run)")
     return EXIT_OK
 
@@ -311,7 +350,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
-    gen = bench.bench_data(args.names) if args.what == "data" else bench.bench_mixers(args.names)
+    if args.what == "train":
+        if len(args.names) != 1:
+            raise UserError("bench train: name one experiment TOML file")
+        if args.pack < 1 or args.steps < 1:
+            raise UserError("bench train: --pack and --steps must be at least 1")
+        gen = bench.bench_train(Path(args.names[0]), args.set, args.pack, args.steps)
+    elif args.set or args.pack != 1:
+        raise UserError(f"bench {args.what}: --set and --pack are for bench train")
+    else:
+        gen = bench.bench_data(args.names) if args.what == "data" else bench.bench_mixers(args.names)
     for row in gen:
         rows.append(row)
         if not args.quiet:
@@ -415,6 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-run", type=float, default=None, metavar="G",
                    help="GPUs per run (default: 1 where there are GPUs, else 0); a run with G > 1 is an "
                         "accelerate launch of G data-parallel processes; with Ray a fraction shares a GPU")
+    p.add_argument("--pack", type=int, default=1, metavar="K",
+                   help="train up to K runs that differ only in seeds, learning rate, weight decay, warmup, "
+                        "clipping or dropout as one stacked model in one process (each keeps its own run "
+                        "directory, data order, early stopping and checkpoint); 1: every run on its own")
     p.add_argument("--backend", choices=["local", "ray"], default="local", help="where worker runs go")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray: CPUs per run")
@@ -455,9 +507,14 @@ def build_parser() -> argparse.ArgumentParser:
         _width_arg(p)
         p.set_defaults(func=lambda a, kind=kind: _list(kind, a))
 
-    p = sub.add_parser("bench", help="benchmarks: task generation speed or mixer throughput")
-    p.add_argument("what", choices=["data", "mixers"])
-    p.add_argument("names", nargs="*", help="only these tasks / mixers")
+    p = sub.add_parser("bench", help="benchmarks: task generation speed, mixer throughput, training steps/s")
+    p.add_argument("what", choices=["data", "mixers", "train"])
+    p.add_argument("names", nargs="*", help="only these tasks / mixers; for train: the experiment TOML file")
+    p.add_argument("--pack", type=int, default=1, metavar="K",
+                   help="train: also time K copies (seeds seed…seed+K-1) trained as one pack")
+    p.add_argument("--steps", type=int, default=50, metavar="N", help="train: timed steps per row")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="train: override a key of the experiment")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-row progress on stderr")

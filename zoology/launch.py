@@ -4,7 +4,9 @@ and how each run gets its devices.
 Workers run ``python -m zoology run EXP --only RUN_ID`` so that a run that crashes or is
 killed takes nothing else down: its log is kept and it is recorded as failed. In this
 process, a run that raises is recorded as failed (traceback in ``error.log``) and the next
-one starts.
+one starts. A pack (``--pack``, :mod:`zoology.pack`) is one job: its worker runs
+``--only`` each of its runs with ``--pack``, every member's run directory holds the
+worker's ``worker.log`` (one file, hard-linked), and each member is recorded on its own.
 
 Devices: a local worker gets ``CUDA_VISIBLE_DEVICES`` set to its share of the GPUs *this*
 process sees (the entries of ``CUDA_VISIBLE_DEVICES`` when it is set, else every GPU), G per
@@ -39,13 +41,19 @@ if TYPE_CHECKING:
     from zoology.sweep import Point
 
 Report = Callable[[dict[str, Any], RunDir], None]
+# a job for a worker: its run directory (a pack's: a list of them), its command, the experiment's name
+Job = tuple["RunDir | list[RunDir]", list[str], str]
 
 GPUS_ENV = "ZOOLOGY_GPUS_PER_RUN"  # what the executor gave a worker: the GPUs of one run
 
 
-def worker_command(experiment: Path, run_id: str, out: Path, overrides: list[str], rerun: bool,
+def worker_command(experiment: Path, run_id: str | list[str], out: Path, overrides: list[str], rerun: bool,
                    quiet: bool = True) -> list[str]:
-    cmd = [sys.executable, "-m", "zoology", "run", str(experiment), "--only", run_id, "--out", str(out)]
+    """The command of a worker that trains one run, or (``run_id`` a list) those runs as one pack."""
+    ids = [run_id] if isinstance(run_id, str) else run_id
+    cmd = [sys.executable, "-m", "zoology", "run", str(experiment), *(a for i in ids for a in ("--only", i)),
+           "--out", str(out)]
+    cmd += ["--pack", str(len(ids))] if len(ids) > 1 else []
     cmd += ["--quiet"] if quiet else []
     for text in overrides:
         cmd += ["--set", text]
@@ -187,6 +195,30 @@ def record_failure(run_dir: RunDir, experiment: str, run_id: str, error: str) ->
 FINAL = ("failed", "done", "diverged")
 
 
+def job_dirs(run_dir: RunDir | list[RunDir]) -> list[RunDir]:
+    """The run directories of a job: one, or a pack's."""
+    return run_dir if isinstance(run_dir, list) else [run_dir]
+
+
+def open_log(dirs: list[RunDir]) -> IO[bytes]:
+    """``worker.log`` of a job, opened for writing in its first run directory and shared with the others."""
+    for d in dirs:
+        d.path.mkdir(parents=True, exist_ok=True)
+    log = open(dirs[0].path / "worker.log", "wb")  # noqa: SIM115 (the caller closes it)
+    share_log(dirs)
+    return log
+
+
+def share_log(dirs: list[RunDir]) -> None:
+    """Hard-link the first run directory's ``worker.log`` into the others (a pack's members),
+    replacing theirs; where the file system cannot link, only the first has it."""
+    for d in dirs[1:]:
+        target = d.path / "worker.log"
+        with contextlib.suppress(OSError):
+            target.unlink(missing_ok=True)
+            os.link(dirs[0].path / "worker.log", target)
+
+
 def _last_error(log: Path) -> str | None:
     """The last ``error: ...`` line the worker printed (a user error: exit code 2)."""
     try:
@@ -300,11 +332,11 @@ def run_launched(jobs: list[tuple[RunDir, list[str], str]], env: dict[str, str],
     return failed
 
 
-def run_local(jobs: list[tuple[RunDir, list[str], str]], parallel: int, report: Report,
+def run_local(jobs: list[Job], parallel: int, report: Report,
               progress: SweepProgress | None = None, env: Callable[[int], dict[str, str]] | None = None) -> int:
-    """Run each (run dir, command, experiment name) in a worker process, ``parallel`` at a
-    time; ``env(slot)`` is the environment (devices, threads) of the worker in that slot
-    (:meth:`LocalPlan.env`; None: this process's)."""
+    """Run each (run dir or a pack's run dirs, command, experiment name) in a worker process,
+    ``parallel`` at a time; ``env(slot)`` is the environment (devices, threads) of the worker
+    in that slot (:meth:`LocalPlan.env`; None: this process's)."""
     pending = list(jobs)
     running: dict[int, tuple[subprocess.Popen, RunDir, str, Any]] = {}
     try:
@@ -321,23 +353,24 @@ def run_local(jobs: list[tuple[RunDir, list[str], str]], parallel: int, report: 
                 proc.kill()
                 proc.wait()
             log.close()
-            report(record_exit(run_dir, run_dir.path.name, name, proc.returncode or -sig, interrupted=True), run_dir)
+            for d in job_dirs(run_dir):
+                report(record_exit(d, d.path.name, name, proc.returncode or -sig, interrupted=True), d)
         raise KeyboardInterrupt from None
 
 
-def _supervise(pending: list[tuple[RunDir, list[str], str]], running: dict[int, Any], parallel: int,
+def _supervise(pending: list[Job], running: dict[int, Any], parallel: int,
                report: Report, progress: SweepProgress | None, env: Callable[[int], dict[str, str]] | None) -> int:
     failed = 0
     while pending or running:
         for slot in range(parallel):
             if slot not in running and pending:
                 run_dir, cmd, name = pending.pop(0)
-                run_dir.path.mkdir(parents=True, exist_ok=True)
-                log = open(run_dir.path / "worker.log", "wb")  # noqa: SIM115 (closed when the worker ends)
+                log = open_log(job_dirs(run_dir))  # closed when the worker ends
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(slot) if env else None)
                 running[slot] = (proc, run_dir, name, log)
                 if progress is not None:
-                    progress.started(run_dir)
+                    for d in job_dirs(run_dir):
+                        progress.started(d)
         time.sleep(0.2)
         if progress is not None:
             progress.tick()
@@ -347,9 +380,10 @@ def _supervise(pending: list[tuple[RunDir, list[str], str]], running: dict[int, 
                 continue
             log.close()
             del running[slot]
-            summary = record_exit(run_dir, run_dir.path.name, name, code)
-            failed += summary.get("status") == "failed"
-            report(summary, run_dir)
+            for d in job_dirs(run_dir):
+                summary = record_exit(d, d.path.name, name, code)
+                failed += summary.get("status") == "failed"
+                report(summary, d)
     return failed
 
 
@@ -389,9 +423,9 @@ def ray_task(cmd: list[str], log_path: str, cpus: float, gpus: float) -> int:
         return run_to_end(cmd, log, env)
 
 
-def run_ray(jobs: list[tuple[RunDir, list[str], str]], address: str | None, cpus: float, gpus: float | None,
+def run_ray(jobs: list[Job], address: str | None, cpus: float, gpus: float | None,
             report: Report, progress: SweepProgress | None = None) -> int:
-    """Each run as a Ray task (``pip install zoology[ray]``); paths must be shared by the nodes.
+    """Each run (or pack) as a Ray task (``pip install zoology[ray]``); paths must be shared by the nodes.
 
     ``gpus`` None: 1 per run if the cluster has GPUs, else 0. Ctrl-C cancels the tasks (their
     workers are ended) and leaves the interrupted runs to resume."""
@@ -414,8 +448,10 @@ def run_ray(jobs: list[tuple[RunDir, list[str], str]], address: str | None, cpus
         futures = {}
         submitted = time.time()
         for run_dir, cmd, name in jobs:
-            run_dir.path.mkdir(parents=True, exist_ok=True)
-            futures[execute.remote(cmd, str(run_dir.path / "worker.log"), cpus, gpus)] = (run_dir, name)
+            dirs = job_dirs(run_dir)
+            for d in dirs:
+                d.path.mkdir(parents=True, exist_ok=True)
+            futures[execute.remote(cmd, str(dirs[0].path / "worker.log"), cpus, gpus)] = (run_dir, name)
         failed = 0
         remaining = list(futures)
         waiting = set(remaining)  # for the progress bar: not yet seen starting
@@ -434,7 +470,9 @@ def run_ray(jobs: list[tuple[RunDir, list[str], str]], address: str | None, cpus
             cancel(remaining)
             for future in remaining:
                 run_dir, name = futures[future]
-                report(record_exit(run_dir, run_dir.path.name, name, -signal.SIGINT, interrupted=True), run_dir)
+                share_log(job_dirs(run_dir))
+                for d in job_dirs(run_dir):
+                    report(record_exit(d, d.path.name, name, -signal.SIGINT, interrupted=True), d)
             raise KeyboardInterrupt from None
         return failed
     finally:
@@ -456,28 +494,34 @@ def cancel(refs: list[Any], grace_s: float = 20.0) -> None:
         ray.cancel(ref, force=True)
 
 
-def _collect(ray: Any, future: Any, run_dir: RunDir, name: str, report: Report) -> int:
-    """Record one finished Ray task; 1 if its run failed."""
+def _collect(ray: Any, future: Any, run_dir: RunDir | list[RunDir], name: str, report: Report) -> int:
+    """Record one finished Ray task; how many of its runs failed."""
     try:
-        code = ray.get(future)
+        code, error = ray.get(future), None
     except Exception as exc:  # the task itself died (node lost, OOM-killed worker)
-        code = 1
-        run_dir.write_text("ray.log", f"{type(exc).__name__}: {exc}\n")
-    summary = record_exit(run_dir, run_dir.path.name, name, code)
-    report(summary, run_dir)
-    return int(summary.get("status") == "failed")
+        code, error = 1, f"{type(exc).__name__}: {exc}\n"
+    failed = 0
+    share_log(job_dirs(run_dir))
+    for d in job_dirs(run_dir):
+        if error is not None:
+            d.write_text("ray.log", error)
+        summary = record_exit(d, d.path.name, name, code)
+        report(summary, d)
+        failed += summary.get("status") == "failed"
+    return failed
 
 
-def _ray_started(futures: dict[Any, tuple[RunDir, str]], waiting: set[Any], since: float,
+def _ray_started(futures: dict[Any, tuple[RunDir | list[RunDir], str]], waiting: set[Any], since: float,
                  progress: SweepProgress) -> None:
     """Runs whose Ray task has begun: it opens its ``worker.log`` (on the shared file system)
     when it starts, so a log written since submission means the run is under way."""
     for future in list(waiting):
-        log = futures[future][0].path / "worker.log"
+        dirs = job_dirs(futures[future][0])
         try:
-            begun = log.stat().st_mtime >= since - 1.0
+            begun = (dirs[0].path / "worker.log").stat().st_mtime >= since - 1.0
         except OSError:
             continue
         if begun:
             waiting.discard(future)
-            progress.started(futures[future][0])
+            for d in dirs:
+                progress.started(d)

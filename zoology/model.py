@@ -4,9 +4,11 @@
     Block: x = x + mixer(norm1(x)); x = x + state_mixer(norm2(x))        (pre-norm residual)
 
 Synthetic tasks score a few positions per sequence (MQAR: one in sixteen). Given
-``where`` (a [B, L] bool mask), the model computes the last block's state mixer, the final
-norm and the head only at those positions and returns their logits [M, V]: the same
-numbers, a third fewer FLOPs. This is exact because state mixers act per position.
+``where`` (a [B, L] bool mask, or the flat indices [M] of the positions in ``B·L``), the
+model computes the last block's state mixer, the final norm and the head only at those
+positions and returns their logits [M, V]: the same numbers, a third fewer FLOPs. This is
+exact because state mixers act per position. Indices, unlike a mask, keep the shape fixed,
+so the forward can run under ``torch.func.vmap`` (packed training, :mod:`zoology.pack`).
 
 Mixer tables cycle over layers, so `[a, b]` with 4 layers gives a, b, a, b.
 
@@ -31,6 +33,11 @@ from torch import nn
 from zoology.config import Experiment, MixerSpec, mixer_context
 
 
+def select(x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """x [B, L, D] at the positions ``where`` names (a [B, L] bool mask or flat indices [M]) → [M, D]."""
+    return x[where] if where.dtype == torch.bool else x.flatten(0, 1)[where]
+
+
 class Block(nn.Module):
     def __init__(self, d_model: int, sequence_mixer: nn.Module, state_mixer: nn.Module, dropout: float) -> None:
         super().__init__()
@@ -43,7 +50,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.dropout(self.sequence_mixer(self.norm1(x)))  # [B, L, D]
         if where is not None:
-            x = x[where]  # [M, D]: only the positions asked for
+            x = select(x, where)  # [M, D]: only the positions asked for
         return x + self.dropout(self.state_mixer(self.norm2(x)))
 
 
@@ -116,7 +123,7 @@ class LanguageModel(nn.Module):
             m.reset_parameters()
 
     def forward(self, tokens: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [B, L] → logits [B, L, V], or [M, V] at the M positions where ``where`` is true."""
+        """tokens [B, L] → logits [B, L, V], or [M, V] at the M positions ``where`` names."""
         x = self.token_embedding(tokens)  # [B, L, D]
         if self.position_embedding is not None:
             x = x + self.position_embedding(torch.arange(tokens.shape[1], device=tokens.device))
@@ -125,7 +132,7 @@ class LanguageModel(nn.Module):
             for block in self.blocks:
                 x = block(x)
             x = self.decoder(self.norm_f(x[:, -1]), tokens.shape[1])  # [B, L, D]
-            return self.lm_head(x if where is None else x[where])
+            return self.lm_head(x if where is None else select(x, where))
         for block in self.blocks[:-1]:
             x = block(x)
         x = self.blocks[-1](x, where)

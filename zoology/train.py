@@ -267,7 +267,7 @@ class Trainer:
         train_loader = DataLoader(self.splits["train"].dataset(), batch_size=self.micro_batch, sampler=self.order)
         steps_per_epoch = math.ceil(math.ceil(len(self.splits["train"]) / (self.micro_batch * acc.num_processes))
                                     / cfg.gradient_accumulation_steps)
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, foreach=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(cfg.warmup_steps, steps_per_epoch * cfg.max_epochs)
         )
@@ -359,7 +359,7 @@ class Trainer:
                         "`zoology run --rerun` starts this run over")
 
     def run_epoch(self, epoch: int) -> dict[str, Any] | None:
-        """Train one epoch, evaluate, record; the epoch's record, or None if it diverged.
+        """Train one epoch, then :meth:`record_epoch`.
 
         The optimized loss is the cross-entropy of the scored positions plus, when mixers
         define one, the model's auxiliary loss (``LanguageModel.auxiliary_loss``).
@@ -396,9 +396,17 @@ class Trainer:
             if i % 25 == 24 and not bar.disable:  # the only host syncs in the loop
                 bar.set_postfix(loss=f"{total.item() / (i + 1):.3f}", refresh=False)
         self.train_time += time.time() - epoch_start
-        train_loss = float(acc.reduce(total, "mean")) / max(1, len(self.train_loader))
-        aux_mean = float(acc.reduce(aux_total, "mean")) / max(1, len(self.train_loader)) if aux else 0.0
-        if not math.isfinite(train_loss + aux_mean):
+        steps = max(1, len(self.train_loader))
+        aux_mean = float(acc.reduce(aux_total, "mean")) / steps if aux else None
+        return self.record_epoch(epoch, float(acc.reduce(total, "mean")) / steps, aux_mean)
+
+    def record_epoch(self, epoch: int, train_loss: float, aux_mean: float | None = None) -> dict[str, Any] | None:
+        """After training epoch ``epoch`` (mean loss ``train_loss``, mean auxiliary loss
+        ``aux_mean`` when the model has one): evaluate, record, keep the best; the epoch's
+        record, or None if it diverged."""
+        acc, model, cfg = self.acc, self.model, self.exp.train
+        aux = aux_mean is not None
+        if not math.isfinite(train_loss + (aux_mean or 0.0)):
             if self.main and not self.quiet:
                 what = f"{train_loss}" + (f" (auxiliary {aux_mean})" if aux else "")
                 tqdm.write(f"epoch {epoch}: training loss is {what}; the run diverged")
@@ -458,22 +466,30 @@ class Trainer:
             raise
 
     def _fit(self) -> dict[str, Any]:
-        cfg, stop = self.exp.train, self.exp.train.early_stopping
-        # a run resumed from the checkpoint of the epoch that met the early-stopping threshold
+        epoch, status = self.first_epoch - 1, self.start_status()
+        while status is None:
+            epoch += 1
+            status = self.end_epoch(epoch, self.run_epoch(epoch))
+        return self.finish(status, epoch)
+
+    def start_status(self) -> str | None:
+        """``done`` if a resumed run has nothing left to train (it was checkpointed after its
+        last epoch, or after the epoch that met the early-stopping threshold), else None."""
+        stop = self.exp.train.early_stopping
         stopped = stop is not None and stop.metric in self.best_record and \
             _reached(stop.metric, self.best_record[stop.metric], stop.threshold)
-        status, epoch = "done", self.first_epoch - 1
-        for epoch in range(self.first_epoch, cfg.max_epochs + 1 if not stopped else self.first_epoch):
-            record = self.run_epoch(epoch)
-            if record is None:
-                status = "diverged"
-                break
-            stopped = stop is not None and _reached(stop.metric, record[stop.metric], stop.threshold)
-            if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or stopped or epoch == cfg.max_epochs):
-                self.save_checkpoint(epoch)
-            if stopped:
-                break
-        return self.finish(status, epoch)
+        return "done" if stopped or self.first_epoch > self.exp.train.max_epochs else None
+
+    def end_epoch(self, epoch: int, record: dict[str, Any] | None) -> str | None:
+        """After epoch ``epoch`` (its record; None: it diverged): checkpoint when due; the
+        run's final status if it ends here, else None."""
+        cfg, stop = self.exp.train, self.exp.train.early_stopping
+        if record is None:
+            return "diverged"
+        stopped = stop is not None and _reached(stop.metric, record[stop.metric], stop.threshold)
+        if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or stopped or epoch == cfg.max_epochs):
+            self.save_checkpoint(epoch)
+        return "done" if stopped or epoch == cfg.max_epochs else None
 
     def save_checkpoint(self, epoch: int) -> None:
         """Every process writes its RNG; the main process writes the rest and swaps it in."""
