@@ -309,3 +309,11 @@ def test_bench_train_prints_figures(write, capsys):
     assert all(r["steps_per_s"] > 0 for r in rows)
     assert rows[1]["model_steps_per_s"] == pytest.approx(2 * rows[1]["steps_per_s"], abs=0.02)
     assert rows[0]["vs_solo"] == 1.0
+
+
+def test_a_mixer_with_an_auxiliary_loss_trains_unpacked(write):
+    """The stacked step optimizes the cross-entropy alone, so a model whose mixer adds an
+    auxiliary loss (sigmoid_lookups) is refused by the probe, naming the mixer."""
+    path = write(EXP.split("[sweep")[0].replace('{ name = "attention", num_heads = 2 }', '{ name = "sigmoid_lookups" }'))
+    problem, _ = pack.probe(load_experiment(path))
+    assert problem is not None and "sigmoid_lookups adds an auxiliary loss" in problem
