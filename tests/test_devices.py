@@ -45,8 +45,28 @@ def machine(monkeypatch):
 
 @pytest.fixture
 def started(monkeypatch):
-    """Record every worker (command, environment) instead of starting it; each 'exits' 0."""
+    """Record every worker job or process (command, environment) instead of starting it;
+    each 'exits' 0."""
     seen: list[tuple[list[str], dict[str, str]]] = []
+
+    class Pool:
+        """launch.WorkerPool's stand-in: a job's command with its slot's environment."""
+
+        def __init__(self, env):
+            self.env, self.ended = env, {}
+
+        def send(self, slot, cmd, log):
+            seen.append((cmd, self.env(slot) if self.env else None))
+            self.ended[slot] = 0
+
+        def wait(self, slots, timeout):
+            return {s: self.ended.pop(s) for s in slots if s in self.ended}
+
+        def stop(self, slot):
+            pass
+
+        def stop_all(self, sig=None, busy=frozenset()):
+            return {}
 
     class Finished:
         returncode = 0
@@ -61,6 +81,7 @@ def started(monkeypatch):
             return 0
 
     monkeypatch.setattr(launch.subprocess, "Popen", Finished)
+    monkeypatch.setattr(launch, "WorkerPool", Pool)
     return seen
 
 

@@ -1,6 +1,7 @@
 """Sweeps: the grammar, readable ids, dry runs, parallel workers that survive a crash, Ray."""
 
 import json
+import re
 import sys
 import textwrap
 
@@ -166,3 +167,17 @@ def test_ray_backend_runs_two(write, tmp_path, capsys):
         assert json.loads((tmp_path / "exp" / run / "summary.json").read_text())["status"] == "done"
         assert "1 CPU(s), 0 GPU(s), GPU ids []" in (tmp_path / "exp" / run / "worker.log").read_text()
     assert "each 1 CPU(s) and 0 GPU(s) (cluster:" in capsys.readouterr().err  # a CPU-only cluster: 0 by default
+
+
+def test_parallel_workers_persist_across_runs(write, tmp_path):
+    """`--parallel 2` over three runs: two worker processes, one of them trains two runs
+    (start-up is paid per worker, not per run); each run's worker.log names its worker."""
+    text = BASE + '\n[sweep]\n"model.d_model" = [16, 24, 32]\n'
+    path, out = write(text), tmp_path / "runs"
+    assert main(["run", str(path), "--out", str(out), "--parallel", "2", "--quiet"]) == 0
+    pids = {}
+    for run in ("d16", "d24", "d32"):
+        assert json.loads((out / "exp" / run / "summary.json").read_text())["status"] == "done"
+        log = (out / "exp" / run / "worker.log").read_text()
+        pids[run] = re.search(r"zoology worker (\d+): python -m zoology run", log).group(1)
+    assert len(set(pids.values())) == 2, pids

@@ -19,8 +19,10 @@ instead of training on the CPU, and a run with G > 1 starts itself again as an
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -336,55 +338,131 @@ def run_local(jobs: list[Job], parallel: int, report: Report,
               progress: SweepProgress | None = None, env: Callable[[int], dict[str, str]] | None = None) -> int:
     """Run each (run dir or a pack's run dirs, command, experiment name) in a worker process,
     ``parallel`` at a time; ``env(slot)`` is the environment (devices, threads) of the worker
-    in that slot (:meth:`LocalPlan.env`; None: this process's)."""
+    in that slot (:meth:`LocalPlan.env`; None: this process's).
+
+    Workers persist (:mod:`zoology.worker`): the one in a slot takes the next job when its
+    last one ended well, and is replaced after a job that failed or killed it."""
     pending = list(jobs)
-    running: dict[int, tuple[subprocess.Popen, RunDir, str, Any]] = {}
+    pool = WorkerPool(env)
+    running: dict[int, tuple[RunDir | list[RunDir], str]] = {}
     try:
         with stop_on_sigterm():
-            return _supervise(pending, running, parallel, report, progress, env)
+            return _supervise(pending, running, parallel, pool, report, progress)
     except (KeyboardInterrupt, Stopped) as exc:  # stop the workers, wait for them, record
         sig = signal.SIGTERM if isinstance(exc, Stopped) else signal.SIGINT
-        for proc, *_ in running.values():
-            proc.send_signal(sig)
-        for proc, run_dir, name, log in running.values():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+        codes = pool.stop_all(sig, busy=set(running))
+        for slot, (run_dir, name) in running.items():
             for d in job_dirs(run_dir):
-                report(record_exit(d, d.path.name, name, proc.returncode or -sig, interrupted=True), d)
+                report(record_exit(d, d.path.name, name, codes.get(slot) or -sig, interrupted=True), d)
         raise KeyboardInterrupt from None
+    finally:
+        pool.stop_all()
 
 
-def _supervise(pending: list[Job], running: dict[int, Any], parallel: int,
-               report: Report, progress: SweepProgress | None, env: Callable[[int], dict[str, str]] | None) -> int:
+def _supervise(pending: list[Job], running: dict[int, Any], parallel: int, pool: WorkerPool,
+               report: Report, progress: SweepProgress | None) -> int:
     failed = 0
     while pending or running:
         for slot in range(parallel):
             if slot not in running and pending:
                 run_dir, cmd, name = pending.pop(0)
-                log = open_log(job_dirs(run_dir))  # closed when the worker ends
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(slot) if env else None)
-                running[slot] = (proc, run_dir, name, log)
+                dirs = job_dirs(run_dir)
+                log = open_log(dirs)  # created (and linked into every member's directory) here
+                log.close()
+                pool.send(slot, cmd, dirs[0].path / "worker.log")
+                running[slot] = (run_dir, name)
                 if progress is not None:
-                    for d in job_dirs(run_dir):
+                    for d in dirs:
                         progress.started(d)
-        time.sleep(0.2)
+        ended = pool.wait(set(running), timeout=0.2)
         if progress is not None:
             progress.tick()
-        for slot, (proc, run_dir, name, log) in list(running.items()):
-            code = proc.poll()
-            if code is None:
-                continue
-            log.close()
-            del running[slot]
+        for slot, code in ended.items():
+            run_dir, name = running.pop(slot)
+            if code != 0:  # a fresh process for the next job: nothing a failed run left behind carries over
+                pool.stop(slot)
             for d in job_dirs(run_dir):
                 summary = record_exit(d, d.path.name, name, code)
                 failed += summary.get("status") == "failed"
                 report(summary, d)
     return failed
+
+
+class WorkerPool:
+    """Persistent worker processes (:mod:`zoology.worker`), one per slot, started on demand
+    with that slot's environment."""
+
+    def __init__(self, env: Callable[[int], dict[str, str]] | None) -> None:
+        self.env = env
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    def send(self, slot: int, cmd: list[str], log: Path) -> None:
+        """Give the worker of ``slot`` (started if there is none) the job ``cmd``
+        (``python -m zoology run ...``), its output going to ``log``."""
+        from zoology import worker
+
+        if cmd[0] != sys.executable:
+            raise ValueError(f"expected a command of this Python ({sys.executable}), got {cmd[0]}")
+        proc = self.procs.get(slot)
+        if proc is None or proc.poll() is not None:
+            proc = self.procs[slot] = subprocess.Popen(
+                worker.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                env=self.env(slot) if self.env else None)
+        proc.stdin.write(json.dumps({"argv": cmd[1:], "log": str(log)}) + "\n")
+        proc.stdin.flush()
+
+    def wait(self, slots: set[int], timeout: float) -> dict[int, int]:
+        """Wait up to ``timeout`` s for jobs to end; the exit code of each that did, by slot
+        (a worker that died: its own exit code, negative for a signal)."""
+        procs = {self.procs[s].stdout: s for s in slots}
+        if not procs:
+            time.sleep(timeout)
+            return {}
+        ready, _, _ = select.select(list(procs), [], [], timeout)
+        ended = {}
+        for stream in ready:
+            slot = procs[stream]
+            line = stream.readline()
+            ended[slot] = int(line) if line.strip() else self._reap(slot)
+        return ended
+
+    def _reap(self, slot: int) -> int:
+        proc = self.procs.pop(slot)
+        code = proc.wait()
+        return code if code != 0 else 1  # a worker that ended mid-job did not finish it
+
+    def stop(self, slot: int) -> None:
+        """End the worker of ``slot`` (it finishes nothing: called when it is idle)."""
+        proc = self.procs.pop(slot, None)
+        if proc is not None:
+            _close(proc)
+
+    def stop_all(self, sig: int | None = None, busy: set[int] = frozenset()) -> dict[int, int]:
+        """End every worker; with ``sig``, first send it to the busy ones and give them 60 s
+        to record their runs. The busy workers' exit codes, by slot."""
+        codes = {}
+        if sig is not None:
+            for slot in busy:
+                if slot in self.procs:
+                    self.procs[slot].send_signal(sig)
+        for slot in list(self.procs):
+            proc = self.procs.pop(slot)
+            _close(proc)
+            if slot in busy:
+                codes[slot] = proc.returncode
+        return codes
+
+
+def _close(proc: subprocess.Popen, grace: float = 60.0) -> None:
+    """Close a worker's stdin (it ends after its job) and wait for it; kill it after ``grace`` s."""
+    with contextlib.suppress(OSError):  # a worker that died: its stdin's pipe is broken
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()
 
 
 def run_to_end(cmd: list[str], log: IO[bytes], env: dict[str, str]) -> int:
