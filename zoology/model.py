@@ -101,8 +101,8 @@ class LanguageModel(nn.Module):
         if self.decoder is None:
             self.lm_head.weight = self.token_embedding.weight  # tied
         self._init_weights(cfg.n_layers)
-        # mixers with an auxiliary loss, found once so that models without one pay nothing per step
-        self._aux_mixers = tuple(
+        # the mixers with an auxiliary loss, found once so that models without one pay nothing per step
+        self.aux_mixers: tuple[nn.Module, ...] = tuple(
             m for block in self.blocks for m in (block.sequence_mixer, block.state_mixer)
             if callable(getattr(m, "auxiliary_loss", None))
         )
@@ -141,14 +141,14 @@ class LanguageModel(nn.Module):
     @property
     def has_auxiliary_loss(self) -> bool:
         """Whether any mixer defines ``auxiliary_loss()``."""
-        return bool(self._aux_mixers)
+        return bool(self.aux_mixers)
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """Sum of the auxiliary losses of the mixers that define one, from the most recent
         forward (each already weighted by its mixer); None when no mixer defines one."""
-        if not self._aux_mixers:
+        if not self.aux_mixers:
             return None
-        return torch.stack([m.auxiliary_loss().float() for m in self._aux_mixers]).sum()
+        return torch.stack([m.auxiliary_loss().float() for m in self.aux_mixers]).sum()
 
     def state_size(self, seq_len: int) -> int:
         """Scalars of inference-time state per sequence, summed over every mixer."""

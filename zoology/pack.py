@@ -329,8 +329,7 @@ def probe(exp: Experiment) -> tuple[str | None, set[str]]:
         torch.manual_seed(0)
         model = LanguageModel(exp).to(device).train()
         if model.has_auxiliary_loss:  # the stacked step optimizes the cross-entropy only
-            names = sorted({getattr(type(m), "name", type(m).__name__) for m in model.modules()
-                            if m is not model and callable(getattr(m, "auxiliary_loss", None))})
+            names = sorted({getattr(type(m), "name", type(m).__name__) for m in model.aux_mixers})
             return f"mixer {', '.join(names)} adds an auxiliary loss, which the packed step leaves out", set()
         vocab, length = exp.model.vocab_size or exp.vocab_size, exp.max_seq_len
         tokens = torch.randint(vocab, (2, 2, length), device=device)  # [K=2, B=2, L]
