@@ -1,0 +1,88 @@
+"""The hand-written autograd ops in ``zoology.mixers._ops`` (short convolution, RMSNorm) equal
+the plain PyTorch expressions they replace, in value and gradient, and work under vmap
+(packed training stacks models with ``torch.func``)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import grad, vmap
+
+from zoology.mixers._ops import ShortConvolution, rms_norm
+
+F64 = torch.float64
+
+
+def _reference_conv(x: torch.Tensor, conv: torch.nn.Conv1d, silu: bool) -> torch.Tensor:
+    """What ShortConvolution computed before: nn.Conv1d on [B, D, L], cut to the causal part."""
+    y = conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
+    return F.silu(y) if silu else y
+
+
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("length", "kernel"), [(9, 4), (3, 4), (1, 4), (7, 1)])
+def test_short_convolution_matches_conv1d(activation, bias, length, kernel):
+    torch.manual_seed(0)
+    sc = ShortConvolution(6, kernel, bias=bias, activation=activation).double()
+    x = torch.randn(2, length, 6, dtype=F64, requires_grad=True)
+    y, ref = sc(x), _reference_conv(x, sc.conv, activation == "silu")
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
+    params = [x, *sc.parameters()]
+    weight = torch.randn_like(y)
+    for g, g_ref in zip(torch.autograd.grad((y * weight).sum(), params),
+                        torch.autograd.grad((ref * weight).sum(), params)):
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-12)
+
+
+def test_short_convolution_on_a_strided_input_and_in_bf16():
+    torch.manual_seed(0)
+    sc = ShortConvolution(4, 3, activation="silu")
+    wide = torch.randn(2, 8, 10, requires_grad=True)
+    x = wide[..., 2:6]  # a column slice, as after splitting a projection
+    y = sc(x)
+    torch.testing.assert_close(y, _reference_conv(x, sc.conv, True), rtol=1e-5, atol=1e-6)
+    y.sum().backward()
+    assert wide.grad[..., :2].abs().sum() == 0 and wide.grad[..., 2:6].abs().sum() > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(sc(x.bfloat16())).all()
+
+
+def test_rms_norm_gradients_float64():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, 8, dtype=F64, requires_grad=True)
+    gate = torch.randn_like(x, requires_grad=True)
+    w = torch.randn(8, dtype=F64, requires_grad=True)
+    w_heads = torch.randn(3, 8, dtype=F64, requires_grad=True)  # a scale per head and channel
+    assert torch.autograd.gradcheck(lambda a, b, c: rms_norm(a, b, 1e-5, c), (x, w, gate))
+    assert torch.autograd.gradcheck(lambda a, b: rms_norm(a, b, 1e-5), (x, w_heads))
+    ref = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-5) * w * F.silu(gate)
+    torch.testing.assert_close(rms_norm(x, w, 1e-5, gate), ref, rtol=0, atol=1e-14)
+    assert rms_norm(x, w, 1e-5).dtype == F64  # float64 is kept, not rounded through float32
+
+
+def test_rms_norm_computes_in_float32_for_bf16():
+    x = torch.randn(4, 16).bfloat16()
+    w = torch.ones(16)
+    y = rms_norm(x, w, 1e-5)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), F.rms_norm(x.float(), (16,), eps=1e-5).bfloat16().float())
+
+
+def test_fused_ops_under_vmap_match_per_member():
+    """Three members' gradients through vmap(grad(...)) equal each member's own."""
+    torch.manual_seed(0)
+    W, Bias, X = torch.randn(3, 5, 4), torch.randn(3, 5), torch.randn(3, 2, 6, 5)
+    Wn, G = torch.randn(3, 5), torch.randn(3, 2, 6, 5)
+
+    conv = ShortConvolution(5, 4, activation="silu")
+
+    def loss(w, b, wn, x, g):
+        h = torch.func.functional_call(conv, {"conv.weight": w[:, None], "conv.bias": b}, (x,))
+        return rms_norm(h, wn, 1e-5, g).square().sum()
+
+    args = (W, Bias, Wn, X, G)
+    batched = vmap(grad(loss, argnums=(0, 1, 2, 3, 4)))(*args)
+    for j in range(3):
+        single = grad(loss, argnums=(0, 1, 2, 3, 4))(*(a[j] for a in args))
+        for b, s in zip(batched, single):
+            torch.testing.assert_close(b[j], s)
