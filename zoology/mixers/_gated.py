@@ -1,5 +1,5 @@
-"""Pieces shared by RWKV-5/6, HGRN2 and Gated Slot Attention: their chunked training form
-and an RMSNorm, both computed in at least float32 and keeping float64 as float64.
+"""The chunked training form shared by RWKV-5/6, HGRN2 and Gated Slot Attention, computed in
+at least float32 and keeping float64 as float64.
 
 Chunked gated linear attention with a decay on the key side, the value side, or both:
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def _intra_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, Gk: torch.Tensor | None,
@@ -115,18 +114,3 @@ def chunk_gated_attention(
         S = dk_i.unsqueeze(-1) * S * dv_i.unsqueeze(-2) + k_i.transpose(-1, -2) @ v_i
     o = o + torch.stack(inter, dim=2)
     return o.flatten(2, 3)[:, :, :l].to(dtype), S
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm over the last dim, computed in at least float32 (float64 stays float64), with a
-    learned scale; returns the input's dtype."""
-
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))
-        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight).to(x.dtype)

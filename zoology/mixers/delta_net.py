@@ -21,7 +21,7 @@ from torch import nn
 
 from zoology.errors import FieldError
 from zoology.mixers._ops import (
-    HeadRMSNorm,
+    RMSNorm,
     ShortConvolution,
     chunk_delta_rule,
     delta_rule_step,
@@ -74,7 +74,7 @@ class DeltaNet(nn.Module):
             self.A_log = nn.Parameter(torch.empty(num_heads).uniform_(0, 16).clamp(min=1e-4).log())
             self.dt_bias = nn.Parameter(dt_bias_init(num_heads, 1e-3, 1e-1, 1e-4))
             self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)  # output gate
-        self.norm = HeadRMSNorm(self.head_v)
+        self.norm = RMSNorm(self.head_v)
         self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

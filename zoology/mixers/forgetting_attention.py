@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._gated import RMSNorm
+from zoology.mixers._ops import RMSNorm, rms_norm
 
 
 class ForgettingAttention(nn.Module):
@@ -86,9 +86,7 @@ class ForgettingAttention(nn.Module):
     @staticmethod
     def _norm_heads(t: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
         """RMS-normalise each head of t [B, L, heads, Dh]; norm holds heads·Dh scales."""
-        tf = t.to(torch.promote_types(t.dtype, torch.float32))
-        tf = tf * torch.rsqrt(tf.square().mean(-1, keepdim=True) + norm.eps)
-        return (tf * norm.weight.view(t.shape[-2:])).to(t.dtype)
+        return rms_norm(t, norm.weight.view(t.shape[-2:]), norm.eps)
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """o [B, H, L, Dh] → (gate) → out_proj, [B, L, D]."""

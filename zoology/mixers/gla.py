@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._ops import HeadRMSNorm, chunk_gla, head_widths
+from zoology.mixers._ops import RMSNorm, chunk_gla, head_widths
 
 
 class GatedLinearAttention(nn.Module):
@@ -53,7 +53,7 @@ class GatedLinearAttention(nn.Module):
         self.gk_proj = nn.Sequential(  # low-rank forget gate
             nn.Linear(d_model, gate_low_rank_dim, bias=False), nn.Linear(gate_low_rank_dim, self.key_dim, bias=True)
         )
-        self.norm = HeadRMSNorm(self.head_v)
+        self.norm = RMSNorm(self.head_v)
         self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
 
     def _inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._gated import RMSNorm, chunk_gated_attention
+from zoology.mixers._gated import chunk_gated_attention
+from zoology.mixers._ops import RMSNorm
 
 
 class HGRN2(nn.Module):

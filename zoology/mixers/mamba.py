@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._ops import HeadRMSNorm, ShortConvolution, dt_bias_init, pad_to_multiple
+from zoology.mixers._ops import RMSNorm, ShortConvolution, dt_bias_init, pad_to_multiple
 
 
 def _check_common(d_state: int, d_conv: int, expand: int) -> None:
@@ -333,7 +333,7 @@ class Mamba2(nn.Module):
         self.A_log = nn.Parameter(torch.empty(self.nheads))
         self.dt_bias = nn.Parameter(torch.empty(self.nheads))
         self.D = nn.Parameter(torch.empty(self.nheads))
-        self.norm = HeadRMSNorm(self.d_inner)
+        self.norm = RMSNorm(self.d_inner)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
         self.reset_parameters()
 

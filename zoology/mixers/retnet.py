@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._ops import HeadRMSNorm, chunk_linear_attention, head_widths, rotary
+from zoology.mixers._ops import RMSNorm, chunk_linear_attention, head_widths, rotary
 
 
 class MultiScaleRetention(nn.Module):
@@ -38,7 +38,7 @@ class MultiScaleRetention(nn.Module):
         self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)
-        self.norm = HeadRMSNorm(self.head_v)
+        self.norm = RMSNorm(self.head_v)
         self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
         # log γ_h for γ_h = 1 - 2^(-5-h): head 0 forgets fastest (~32 tokens)
         self.register_buffer("log_gamma", torch.log(1 - torch.pow(2.0, -5.0 - torch.arange(num_heads))))
