@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import itertools
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -72,20 +73,30 @@ def bench_mixers(
     lengths: tuple[int, ...] = (64, 256, 1024, 4096),
     d_model: int = 128,
     tokens_per_batch: int = 8192,
-    repeats: int = 3,
+    repeats: int = 5,
     max_seconds: float = 20.0,
 ) -> Iterator[dict[str, Any]]:
     """One row per (mixer, length): fwd+bwd tokens/s and saved-activation MiB, batch sized to
-    ``tokens_per_batch`` tokens. A length whose single run exceeds ``max_seconds`` ends that mixer."""
+    ``tokens_per_batch`` tokens.
+
+    The mixers of one length are timed side by side: ``repeats`` rounds, each timing one step
+    of every mixer in turn, and a row reports the median of its rounds (``spread``: slowest ÷
+    fastest round). A machine whose speed drifts (a shared or throttled CPU) then slows every
+    mixer of a round alike, so their ratios hold even when absolute figures move; ``vs_attention``
+    is that ratio to attention's tokens/s when attention is among them. A mixer whose first step
+    exceeds ``max_seconds`` is timed once and not at longer lengths.
+    """
     reg = get_registry()
-    for comp in reg.components("mixer"):
-        if names and comp.name not in names:
-            continue
+    comps = [c for c in reg.components("mixer") if not names or c.name in names]
+    too_slow: set[str] = set()
+    for i, length in enumerate(lengths):
         # a state mixer acts per position: one length measures it
-        for length in lengths if comp.role == "sequence" else lengths[:1]:
+        group = [c for c in comps if c.name not in too_slow and (c.role == "sequence" or i == 0)]
+        batch = max(1, tokens_per_batch // length)
+        steps, rows = [], []
+        for comp in group:
             torch.manual_seed(0)
             mixer = build_mixer(comp.cls, {}, MixerContext(d_model=d_model, max_seq_len=length))
-            batch = max(1, tokens_per_batch // length)
             x = torch.randn(batch, length, d_model, requires_grad=True)
 
             def step(mixer: torch.nn.Module = mixer, x: torch.Tensor = x) -> None:
@@ -95,14 +106,26 @@ def bench_mixers(
             with _SavedBytes() as saved:
                 step()
             first = time.perf_counter() - start
-            seconds = _best_of(step, repeats) if first < max_seconds / repeats else first
-            yield {"mixer": comp.name, "role": comp.role, "seq_len": length, "batch": batch,
-                   "tokens_per_s": round(batch * length / seconds),
-                   "ms_per_step": round(seconds * 1000, 1),
-                   "activation_mib": round(saved.bytes / 2**20, 1),
-                   "state_size": mixer.state_size(length)}
             if first > max_seconds:
-                break
+                too_slow.add(comp.name)
+            again = first <= max_seconds / repeats
+            steps.append(step if again else None)
+            rows.append({"mixer": comp.name, "role": comp.role, "seq_len": length, "batch": batch,
+                         "times": [] if again else [first], "activation_mib": round(saved.bytes / 2**20, 1),
+                         "state_size": mixer.state_size(length)})
+        for _ in range(repeats):
+            for step, row in zip(steps, rows):
+                if step is not None:
+                    start = time.perf_counter()
+                    step()
+                    row["times"].append(time.perf_counter() - start)
+        speed = {row["mixer"]: batch * length / statistics.median(row["times"]) for row in rows}
+        for row in rows:
+            times = row.pop("times")
+            yield {**row, "tokens_per_s": round(speed[row["mixer"]]),
+                   "ms_per_step": round(statistics.median(times) * 1000, 1),
+                   "spread": round(max(times) / min(times), 2),
+                   **({"vs_attention": round(speed[row["mixer"]] / speed["attention"], 3)} if "attention" in speed else {})}
 
 
 def format_rows(rows: list[dict[str, Any]], width: int | None = None) -> str:

@@ -358,12 +358,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         gen = bench.bench_train(Path(args.names[0]), args.set, args.pack, args.steps)
     elif args.set or args.pack != 1:
         raise UserError(f"bench {args.what}: --set and --pack are for bench train")
+    elif args.rounds < 1:
+        raise UserError(f"bench {args.what}: --rounds must be at least 1, got {args.rounds}")
     else:
-        gen = bench.bench_data(args.names) if args.what == "data" else bench.bench_mixers(args.names)
+        gen = bench.bench_data(args.names) if args.what == "data" else bench.bench_mixers(args.names, repeats=args.rounds)
     for row in gen:
         rows.append(row)
         if not args.quiet:
             print("  ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
+    if args.what == "mixers":  # timed length by length, shown mixer by mixer
+        rows.sort(key=lambda r: (r["mixer"], r["seq_len"]))
     print(json.dumps(rows, indent=2) if args.json else bench.format_rows(rows, output_width(args.width)))
     return EXIT_OK
 
@@ -513,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", type=int, default=1, metavar="K",
                    help="train: also time K copies (seeds seed…seed+K-1) trained as one pack")
     p.add_argument("--steps", type=int, default=50, metavar="N", help="train: timed steps per row")
+    p.add_argument("--rounds", type=int, default=5, metavar="N",
+                   help="mixers: timing rounds, each one step of every mixer in turn; rows give the median")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="train: override a key of the experiment")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
