@@ -43,7 +43,7 @@ class DeltaNet(nn.Module):
 
     name = "delta_net"
     gated = False
-    chunk_size = 32
+    chunk_size = 16
 
     def __init__(
         self,
