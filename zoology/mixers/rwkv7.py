@@ -68,11 +68,13 @@ def chunk_rwkv7(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.T
     b_out, k_out = b * to_end, k * to_end  # what each step leaves in the chunk's final state
     S = r.new_zeros(B, H, N, N)  # [B, H, N(v), N(k)]
     outs = []
-    for c in range(n):
-        u = solve[:, :, c] @ (torch.einsum("bhvk,bhik->bhiv", S, a_in[:, :, c]) + ak[:, :, c] @ v[:, :, c])
-        outs.append(torch.einsum("bhvk,bhtk->bhtv", S, r_in[:, :, c]) + rb[:, :, c] @ u + rk[:, :, c] @ v[:, :, c])
-        S = (S * G_end[:, :, c].exp() + torch.einsum("bhiv,bhik->bhvk", u, b_out[:, :, c])
-             + torch.einsum("bhiv,bhik->bhvk", v[:, :, c], k_out[:, :, c]))
+    # one chunk at a time: unbind, not indexing (an index's backward writes a zero tensor of
+    # the whole input per chunk, which made the backward quadratic in length)
+    chunks = (t.unbind(2) for t in (solve, a_in, ak, v, r_in, rb, rk, G_end.exp(), b_out, k_out))
+    for solve_c, a_c, ak_c, v_c, r_c, rb_c, rk_c, decay_c, b_c, k_c in zip(*chunks):
+        u = solve_c @ (torch.einsum("bhvk,bhik->bhiv", S, a_c) + ak_c @ v_c)
+        outs.append(torch.einsum("bhvk,bhtk->bhtv", S, r_c) + rb_c @ u + rk_c @ v_c)
+        S = S * decay_c + torch.einsum("bhiv,bhik->bhvk", u, b_c) + torch.einsum("bhiv,bhik->bhvk", v_c, k_c)
     return torch.stack(outs, dim=2).reshape(B, H, n * C, N)[:, :, :L]
 
 
