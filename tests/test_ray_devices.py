@@ -4,6 +4,7 @@ Ctrl-C ends the workers. One Ray start for the module."""
 
 import json
 import os
+import re
 import sys
 import textwrap
 import time
@@ -102,3 +103,38 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_one_actor_trains_run_after_run_in_one_worker(tmp_path):
+    """Runs of 2 CPUs on a 2-CPU cluster: one actor, whose persistent worker process takes
+    all three runs (each worker.log names the worker's pid) — start-up paid once."""
+    jobs = [(RunDir(tmp_path, "exp", f"r{i}"), probe(tmp_path), "exp") for i in range(3)]
+    assert launch.run_ray(jobs, None, 2, 0, lambda summary, run_dir: None) == 0
+    pids = set()
+    for d, _, _ in jobs:
+        log = (d.path / "worker.log").read_text()
+        assert "ray task on node" in log and "sees" in log
+        pids.add(re.search(r"zoology worker (\d+): python -c", log).group(1))
+    assert len(pids) == 1
+
+
+def test_a_failed_run_gets_a_fresh_worker(tmp_path):
+    """After a run that exits non-zero the actor replaces its worker: the next run's pid differs."""
+    bad = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    jobs = [(RunDir(tmp_path, "exp", "bad"), bad, "exp"), (RunDir(tmp_path, "exp", "ok"), probe(tmp_path), "exp")]
+    codes = {}
+    failed = launch.run_ray(jobs, None, 2, 0, lambda summary, run_dir: codes.update({run_dir.path.name: summary}))
+    assert failed == 1 and codes["bad"]["status"] == "failed" and "worker exited with code 3" in codes["bad"]["error"]
+    assert codes["ok"] == {}  # it exited 0 (a real run writes its own summary)
+    pids = [re.search(r"zoology worker (\d+):", (d.path / "worker.log").read_text()).group(1) for d, _, _ in jobs]
+    assert pids[0] != pids[1]
+
+
+def test_a_launch_command_runs_as_its_own_process_group(tmp_path):
+    """A run's ``accelerate launch`` (G > 1) is not handed to the persistent worker: it runs as
+    its own process (group), with the actor's environment, its output in worker.log."""
+    sh = ["/bin/sh", "-c", f'echo "launched $$ with {launch.GPUS_ENV}=${launch.GPUS_ENV}"']
+    jobs = [(RunDir(tmp_path, "exp", "multi"), sh, "exp")]
+    assert launch.run_ray(jobs, None, 1, 0, lambda summary, run_dir: None) == 0
+    log = (jobs[0][0].path / "worker.log").read_text()
+    assert f"with {launch.GPUS_ENV}=0" in log and "zoology worker" not in log

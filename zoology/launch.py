@@ -1,8 +1,9 @@
-"""Executors for many runs: in this process, in local worker processes, or as Ray tasks,
+"""Executors for many runs: in this process, in local worker processes, or on Ray actors,
 and how each run gets its devices.
 
-Workers run ``python -m zoology run EXP --only RUN_ID`` so that a run that crashes or is
-killed takes nothing else down: its log is kept and it is recorded as failed. In this
+Workers (:mod:`zoology.worker`, persistent: run after run) run ``python -m zoology run EXP
+--only RUN_ID`` so that a run that crashes or is killed takes nothing else down: its log is
+kept and it is recorded as failed. In this
 process, a run that raises is recorded as failed (traceback in ``error.log``) and the next
 one starts. A pack (``--pack``, :mod:`zoology.pack`) is one job: its worker runs
 ``--only`` each of its runs with ``--pack``, every member's run directory holds the
@@ -10,7 +11,7 @@ worker's ``worker.log`` (one file, hard-linked), and each member is recorded on 
 
 Devices: a local worker gets ``CUDA_VISIBLE_DEVICES`` set to its share of the GPUs *this*
 process sees (the entries of ``CUDA_VISIBLE_DEVICES`` when it is set, else every GPU), G per
-run (``--gpus-per-run``). A Ray task gets the GPUs Ray assigns it. Either way the worker is
+run (``--gpus-per-run``). A Ray actor gets the GPUs Ray assigns it. Either way the worker is
 told G in ``ZOOLOGY_GPUS_PER_RUN``; a run that was given G GPUs and sees fewer fails at once
 instead of training on the CPU, and a run with G > 1 starts itself again as an
 ``accelerate launch`` of G data-parallel processes, one per GPU.
@@ -465,48 +466,66 @@ def _close(proc: subprocess.Popen, grace: float = 60.0) -> None:
     proc.stdout.close()
 
 
-def run_to_end(cmd: list[str], log: IO[bytes], env: dict[str, str]) -> int:
-    """Run ``cmd`` in a session of its own and return its exit code; if this is interrupted
-    (a cancelled Ray task gets KeyboardInterrupt), end the command and its children first."""
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        while proc.poll() is None:
-            time.sleep(0.2)  # a short sleep, not wait(): an interrupt lands between sleeps
-        return proc.returncode
-    except BaseException:
-        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+class RayWorker:
+    """A Ray actor holding one persistent worker process (:mod:`zoology.worker`) that trains
+    the runs this actor is given, one after another: a run does not pay a fresh process's
+    start-up. The worker gets the actor's GPUs (Ray sets ``CUDA_VISIBLE_DEVICES`` for the
+    actor), G in ``ZOOLOGY_GPUS_PER_RUN`` and C threads; after a run that did not end with 0
+    it is replaced, as in the local executor. Threaded (two calls at once), so :meth:`stop`
+    can end a run while :meth:`run` waits for it."""
+
+    def __init__(self, cpus: float, gpus: float) -> None:
+        self.cpus, self.gpus = cpus, gpus
+        self.env = dict(os.environ, OMP_NUM_THREADS=str(max(1, int(cpus))), **{GPUS_ENV: f"{gpus:g}"})
+        self.pool = WorkerPool(lambda slot: self.env)
+        self.launched: subprocess.Popen | None = None  # a run's ``accelerate launch`` (G > 1)
+
+    def run(self, cmd: list[str], log_path: str) -> int:
+        """Train one run (or pack): ``cmd`` is ``python -m zoology run ...``; its exit code."""
+        import ray
+
+        with open(log_path, "ab") as log:
+            log.write((f"ray task on node {ray.get_runtime_context().get_node_id()}: {self.cpus:g} CPU(s), "
+                       f"{self.gpus:g} GPU(s), GPU ids {ray.get_gpu_ids()}, "
+                       f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}\n").encode())
+        python = Path(cmd[0]).name.startswith("python") and cmd[1:2] in (["-m"], ["-c"])
+        if python and cmd[2:3] != ["accelerate.commands.launch"]:
+            cmd = [sys.executable, *cmd[1:]]  # this node's Python
+        else:  # an ``accelerate launch`` of G processes: a process group of its own, as it always was
+            with open(log_path, "ab") as log:
+                self.launched = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                                 start_new_session=True)
+            return self.launched.wait()
+        self.pool.send(0, cmd, Path(log_path))
+        ended: dict[int, int] = {}
+        while not ended:
+            if 0 not in self.pool.procs:  # stopped (stop() took the worker away mid-run)
+                return -signal.SIGTERM
+            ended = self.pool.wait({0}, timeout=1.0)
+        if ended[0] != 0:
+            self.pool.stop(0)
+        return ended[0]
+
+    def stop(self) -> None:
+        """End the worker; a run under way gets SIGTERM and up to 60 s to record itself."""
+        if self.launched is not None and self.launched.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.launched.pid, signal.SIGTERM)
             try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(grace)
-                break
+                self.launched.wait(60)
             except subprocess.TimeoutExpired:
-                continue
-        raise
-
-
-def ray_task(cmd: list[str], log_path: str, cpus: float, gpus: float) -> int:
-    """One run as a Ray task: log where it landed, then run the worker with the GPUs Ray
-    assigned (Ray sets ``CUDA_VISIBLE_DEVICES``) and G in ``ZOOLOGY_GPUS_PER_RUN``."""
-    import ray
-
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, int(cpus))), **{GPUS_ENV: f"{gpus:g}"})
-    with open(log_path, "wb") as log:
-        where = (f"ray task on node {ray.get_runtime_context().get_node_id()}: {cpus:g} CPU(s), {gpus:g} GPU(s), "
-                 f"GPU ids {ray.get_gpu_ids()}, CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r}\n")
-        log.write(where.encode())
-        log.flush()
-        return run_to_end(cmd, log, env)
+                os.killpg(self.launched.pid, signal.SIGKILL)
+        self.pool.stop_all(signal.SIGTERM, busy={0})
 
 
 def run_ray(jobs: list[Job], address: str | None, cpus: float, gpus: float | None,
             report: Report, progress: SweepProgress | None = None) -> int:
-    """Each run (or pack) as a Ray task (``pip install zoology[ray]``); paths must be shared by the nodes.
+    """Runs (or packs) on Ray actors (``pip install zoology[ray]``); paths must be shared by the nodes.
 
-    ``gpus`` None: 1 per run if the cluster has GPUs, else 0. Ctrl-C cancels the tasks (their
-    workers are ended) and leaves the interrupted runs to resume."""
+    As many :class:`RayWorker` actors as the cluster fits (C CPUs and G GPUs each), each
+    training run after run in one persistent process. ``gpus`` None: 1 per run if the
+    cluster has GPUs, else 0. Ctrl-C ends the runs under way (their workers record them as
+    interrupted, so a rerun resumes them) and the actors."""
     try:
         import ray
     except ImportError:
@@ -516,60 +535,76 @@ def run_ray(jobs: list[Job], address: str | None, cpus: float, gpus: float | Non
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": os.cpu_count()}))
+    actors: list[Any] = []
     try:
         cluster = ray.cluster_resources()
         if gpus is None:
             gpus = ray_default_gpus(cluster)
+        fits = min([len(jobs)] + [int(cluster.get(kind, 0) // need) for kind, need in (("CPU", cpus), ("GPU", gpus))
+                                  if need > 0])
         print(f"ray: {len(jobs)} run(s), each {cpus:g} CPU(s) and {gpus:g} GPU(s) "
               f"(cluster: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs)", file=sys.stderr, flush=True)
-        execute = ray.remote(ray_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-        futures = {}
-        submitted = time.time()
-        for run_dir, cmd, name in jobs:
-            dirs = job_dirs(run_dir)
-            for d in dirs:
+        actor_class = ray.remote(RayWorker).options(num_cpus=cpus, num_gpus=gpus, max_concurrency=2, max_restarts=0)
+        actors = [actor_class.remote(cpus, gpus) for _ in range(max(1, fits))]
+        pending = list(jobs)
+        for run_dir, _, _ in jobs:
+            for d in job_dirs(run_dir):
                 d.path.mkdir(parents=True, exist_ok=True)
-            futures[execute.remote(cmd, str(dirs[0].path / "worker.log"), cpus, gpus)] = (run_dir, name)
+        futures: dict[Any, tuple[Any, Job]] = {}  # running: its actor and job
+        submitted = time.time()
+
+        waiting: set[Any] = set()  # for the progress bar: not yet seen starting
+
+        def give(actor: Any) -> None:
+            run_dir, cmd, _ = job = pending.pop(0)
+            future = actor.run.remote(cmd, str(job_dirs(run_dir)[0].path / "worker.log"))
+            futures[future] = (actor, job)
+            waiting.add(future)
+
+        for actor in actors[: len(pending)]:
+            give(actor)
         failed = 0
-        remaining = list(futures)
-        waiting = set(remaining)  # for the progress bar: not yet seen starting
         try:
             with stop_on_sigterm():
-                while remaining:
-                    done, remaining = ray.wait(remaining, num_returns=1, timeout=1.0 if progress else None)
+                while futures:
+                    done, _ = ray.wait(list(futures), num_returns=1, timeout=1.0 if progress else None)
                     if progress is not None:
-                        _ray_started(futures, waiting, submitted, progress)
+                        _ray_started({f: (job[0], job[2]) for f, (_, job) in futures.items()}, waiting, submitted, progress)
                         progress.tick()
                     if not done:
                         continue
+                    actor, (run_dir, _, name) = futures.pop(done[0])
                     waiting.discard(done[0])
-                    failed += _collect(ray, done[0], *futures[done[0]], report)
-        except (KeyboardInterrupt, Stopped):  # cancel what is left (ending its workers); a rerun resumes it
-            cancel(remaining)
-            for future in remaining:
-                run_dir, name = futures[future]
+                    failed += _collect(ray, done[0], run_dir, name, report)
+                    if pending:
+                        if _dead(ray, done[0]):  # the actor died with its run: a fresh one for the next
+                            actor = actor_class.remote(cpus, gpus)
+                            actors.append(actor)
+                        give(actor)
+        except (KeyboardInterrupt, Stopped):  # end the runs under way; a rerun resumes them
+            ray.wait([a.stop.remote() for a, _ in futures.values()], num_returns=len(futures), timeout=90)
+            for _, (run_dir, _, name) in futures.values():
                 share_log(job_dirs(run_dir))
                 for d in job_dirs(run_dir):
                     report(record_exit(d, d.path.name, name, -signal.SIGINT, interrupted=True), d)
             raise KeyboardInterrupt from None
         return failed
     finally:
+        for actor in actors:
+            ray.kill(actor)
         if started_here:
             ray.shutdown()
 
 
-def cancel(refs: list[Any], grace_s: float = 20.0) -> None:
-    """Cancel Ray tasks: each running one gets KeyboardInterrupt and ends its worker
-    (:func:`run_to_end`); what has not ended after ``grace_s`` is killed."""
-    import ray
-
-    if not refs:
-        return
-    for ref in refs:
-        ray.cancel(ref)
-    _, left = ray.wait(refs, num_returns=len(refs), timeout=grace_s)
-    for ref in left:
-        ray.cancel(ref, force=True)
+def _dead(ray: Any, future: Any) -> bool:
+    """Whether the actor that ran ``future`` died (its result is an actor error)."""
+    try:
+        ray.get(future)
+        return False
+    except ray.exceptions.RayActorError:
+        return True
+    except Exception:
+        return False
 
 
 def _collect(ray: Any, future: Any, run_dir: RunDir | list[RunDir], name: str, report: Report) -> int:
