@@ -591,7 +591,10 @@ def _stdout_gone() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from zoology.allocator import keep_freed_memory
+
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
