@@ -34,9 +34,17 @@ def test_bench_cli_mixers_json_sorted_by_mixer(monkeypatch, capsys):
     import zoology.bench as bench
 
     real = bench.bench_mixers
-    monkeypatch.setattr(bench, "bench_mixers", lambda names, repeats: real(
-        names, lengths=(8, 16), d_model=16, tokens_per_batch=32, repeats=repeats))
+    monkeypatch.setattr(bench, "bench_mixers", lambda names, repeats, device: real(
+        names, lengths=(8, 16), d_model=16, tokens_per_batch=32, repeats=repeats, device=device))
     assert main(["bench", "mixers", "base_conv", "attention", "--rounds", "2", "--json", "-q", "--threads", "1"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["mixer"], r["seq_len"]) for r in rows] == [
         ("attention", 8), ("attention", 16), ("base_conv", 8), ("base_conv", 16)]
+
+
+def test_bench_cli_cuda_without_a_gpu_is_a_usage_error(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "mixers", "attention", "--device", "cuda"]) == 2
+    assert "sees no CUDA device" in capsys.readouterr().err

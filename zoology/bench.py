@@ -75,9 +75,10 @@ def bench_mixers(
     tokens_per_batch: int = 8192,
     repeats: int = 5,
     max_seconds: float = 20.0,
+    device: str = "cpu",
 ) -> Iterator[dict[str, Any]]:
     """One row per (mixer, length): fwd+bwd tokens/s and saved-activation MiB, batch sized to
-    ``tokens_per_batch`` tokens.
+    ``tokens_per_batch`` tokens, on ``device`` (fp32; a GPU is synchronised around each step).
 
     The mixers of one length are timed side by side: ``repeats`` rounds, each timing one step
     of every mixer in turn, and a row reports the median of its rounds (``spread``: slowest ÷
@@ -96,11 +97,13 @@ def bench_mixers(
         steps, rows = [], []
         for comp in group:
             torch.manual_seed(0)
-            mixer = build_mixer(comp.cls, {}, MixerContext(d_model=d_model, max_seq_len=length))
-            x = torch.randn(batch, length, d_model, requires_grad=True)
+            mixer = build_mixer(comp.cls, {}, MixerContext(d_model=d_model, max_seq_len=length)).to(device)
+            x = torch.randn(batch, length, d_model, device=device, requires_grad=True)
 
             def step(mixer: torch.nn.Module = mixer, x: torch.Tensor = x) -> None:
                 mixer(x).sum().backward()
+                if x.is_cuda:
+                    torch.cuda.synchronize()
 
             start = time.perf_counter()
             with _SavedBytes() as saved:

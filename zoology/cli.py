@@ -342,6 +342,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _bench_device(name: str) -> str:
+    """``auto``: the GPU when torch sees one, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("bench mixers: --device cuda, but this torch sees no CUDA device")
+    return name
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -361,7 +372,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.rounds < 1:
         raise UserError(f"bench {args.what}: --rounds must be at least 1, got {args.rounds}")
     else:
-        gen = bench.bench_data(args.names) if args.what == "data" else bench.bench_mixers(args.names, repeats=args.rounds)
+        gen = bench.bench_data(args.names) if args.what == "data" else bench.bench_mixers(args.names, repeats=args.rounds, device=_bench_device(args.device))
     for row in gen:
         rows.append(row)
         if not args.quiet:
@@ -517,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", type=int, default=1, metavar="K",
                    help="train: also time K copies (seeds seed…seed+K-1) trained as one pack")
     p.add_argument("--steps", type=int, default=50, metavar="N", help="train: timed steps per row")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="mixers: where to time them (auto: the GPU if there is one)")
     p.add_argument("--rounds", type=int, default=5, metavar="N",
                    help="mixers: timing rounds, each one step of every mixer in turn; rows give the median")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
