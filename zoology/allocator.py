@@ -13,7 +13,6 @@ start; a user's own ``MALLOC_*`` environment settings win.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -29,7 +28,7 @@ def keep_freed_memory() -> bool:
                                                    for k in os.environ):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # this process's symbols, the C library's among them
     except OSError:
         return False
     if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (musl has no such settings)
