@@ -499,9 +499,10 @@ class RayWorker:
         self.pool.send(0, cmd, Path(log_path))
         ended: dict[int, int] = {}
         while not ended:
-            if 0 not in self.pool.procs:  # stopped (stop() took the worker away mid-run)
+            try:
+                ended = self.pool.wait({0}, timeout=1.0)
+            except (KeyError, ValueError, OSError):  # stop() took the worker away mid-run
                 return -signal.SIGTERM
-            ended = self.pool.wait({0}, timeout=1.0)
         if ended[0] != 0:
             self.pool.stop(0)
         return ended[0]
