@@ -2,8 +2,8 @@
 
 A training step allocates and frees the same large activation buffers again and again.
 glibc's malloc returns freed memory at the top of its heap to the kernel (and serves
-blocks above a size threshold with fresh ``mmap``s), so every step touches new pages and
-pays a page fault per 4 KiB on first write: on the 2-core VM the CLI is measured on, the
+blocks above a size threshold with fresh ``mmap``s), so steps keep touching new pages and
+pay a page fault per 4 KiB on first write: on the 2-core VM the CLI is measured on, the
 mixers with the largest activations (Mamba-2, GSA, RWKV-6) ran 15–30% more tokens/s with
 the two settings below (``zoology bench mixers``, side by side with attention). The cost:
 the process keeps its peak heap until it exits. The ``zoology`` command calls this at

@@ -168,7 +168,7 @@ class _ShortConv(torch.autograd.Function):
 
     y_t = bias + Σ_{i<k} w[:, k-1-i] ⊙ x_{t-i}: k shifted multiply-adds on the channels-last
     layout, so nothing is transposed or padded, and SiLU's backward reads a contiguous tensor.
-    On CPU this is ~2.7× faster (fwd+bwd) than ``nn.Conv1d`` with ``groups=D``, whose depthwise
+    On CPU this is 2.2–2.7× faster (fwd+bwd, [32, 256, 512]) than ``nn.Conv1d`` with ``groups=D``, whose depthwise
     backward and the strided SiLU around it cost more than the arithmetic. vmap-able (packing):
     the vmap rule is generated from these ops.
     """
