@@ -99,9 +99,12 @@ def bench_mixers(
             torch.manual_seed(0)
             mixer = build_mixer(comp.cls, {}, MixerContext(d_model=d_model, max_seq_len=length)).to(device)
             x = torch.randn(batch, length, d_model, device=device, requires_grad=True)
+            # a dense upstream gradient, as in training (``.sum().backward()`` would send a
+            # stride-0 one, which sends some backward matmuls down a per-matrix path)
+            grad = torch.randn(batch, length, d_model, device=device)
 
-            def step(mixer: torch.nn.Module = mixer, x: torch.Tensor = x) -> None:
-                mixer(x).sum().backward()
+            def step(mixer: torch.nn.Module = mixer, x: torch.Tensor = x, grad: torch.Tensor = grad) -> None:
+                mixer(x).backward(grad)
                 if x.is_cuda:
                     torch.cuda.synchronize()
 
