@@ -188,19 +188,24 @@ class TTTLinear(nn.Module):
         theta = theta.view(b, h, n, c, 1)
         eta = eta.view(c, 1)  # the same η_i in every mini-batch
         causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+        # (q_i·k_j + 1) for j ≤ i: the weight gradient's part (k_j) and the bias's (1), [B, H, N, K, K]
+        A = (q @ k.transpose(-1, -2) + 1.0).masked_fill(~causal, 0.0)
+        target = v - k  # what f should reconstruct from k
         W = self.W.to(q.dtype).expand(b, h, f, f)  # [B, H, f, f]
         bias = self.b.to(q.dtype).view(1, h, 1, f).expand(b, h, 1, f)  # [B, H, 1, f]
-        outs = []
-        for q_n, k_n, v_n, theta_n in zip(q.unbind(2), k.unbind(2), v.unbind(2), theta.unbind(2)):
-            g = theta_n * self._grad(k_n @ W + bias, v_n - k_n)  # θ_j ∇_Z ℓ_j at (W₀, b₀), [B, H, K, f]
-            # (q_i·k_j + 1) for j ≤ i: the weight gradient's part (k_j) and the bias's (1)
-            A = (q_n @ k_n.transpose(-1, -2) + 1.0).masked_fill(~causal, 0.0)  # [B, H, K, K]
-            z = q_n @ W + bias - eta * (A @ g)  # q_i W_i + b_i, [B, H, K, f]
-            outs.append(q_n + self._ln(z))
-            # the last token's weights start the next mini-batch
-            W = W - eta[-1] * (k_n.transpose(-1, -2) @ g)
-            bias = bias - eta[-1] * g.sum(-2, keepdim=True)
-        return torch.stack(outs, dim=2).view(b, h, n * c, f)[:, :, :l]
+        step = eta[-1]  # the last token's weights start the next mini-batch
+        # only the weights' own recurrence runs mini-batch by mini-batch; every read is batched after it
+        starts_W, starts_b, grads = [], [], []
+        for k_n, target_n, theta_n in zip(k.unbind(2), target.unbind(2), theta.unbind(2)):
+            starts_W.append(W)
+            starts_b.append(bias)
+            g = theta_n * self._grad(k_n @ W + bias, target_n)  # θ_j ∇_Z ℓ_j at (W₀, b₀), [B, H, K, f]
+            grads.append(g)
+            W = W - step * (k_n.transpose(-1, -2) @ g)
+            bias = bias - step * g.sum(-2, keepdim=True)
+        W0, b0, g = (torch.stack(t, dim=2) for t in (starts_W, starts_b, grads))  # per mini-batch
+        z = q @ W0 + b0 - eta * (A @ g)  # q_i W_i + b_i, [B, H, N, K, f]
+        return (q + self._ln(z)).view(b, h, n * c, f)[:, :, :l]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._project(x)
