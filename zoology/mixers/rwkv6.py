@@ -182,7 +182,8 @@ class RWKV6(RWKV5):
         x_hat = x + delta * self.mix_x
         low = torch.tanh(x_hat @ self.mix_a).unflatten(-1, (len(self.branches), -1))  # [..., n_branches, R]
         mixes = self.mix + torch.einsum("...nr,nrd->...nd", low, self.mix_b)  # [..., n_branches, D]
-        return {b: x + delta * mixes[..., i, :] for i, b in enumerate(self.branches)}
+        # unbind, not mixes[..., i, :]: indexing's backward writes a zero tensor of all branches per branch
+        return {b: x + delta * mix for b, mix in zip(self.branches, mixes.unbind(-2))}
 
     def _log_decay(self, xs: dict[str, torch.Tensor]) -> torch.Tensor:
         """log w_t = -exp(d + tanh(x^w A_d) B_d) [..., D], per position."""
