@@ -30,34 +30,116 @@ import torch
 import torch.nn.functional as F
 
 
-def _intra_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, Gk: torch.Tensor | None,
-                 Gv: torch.Tensor | None) -> torch.Tensor:
+def _halves(t: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., C, X] → the first and second halves of its aligned blocks of 2s rows, two views
+    [..., C/2s, s, X] (single views, so they may be written in place, under vmap too)."""
+    blocks = t.unflatten(-2, (t.shape[-2] // (2 * s), 2, s))
+    return blocks.select(-3, 0), blocks.select(-3, 1)
+
+
+def _decays(G: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cumulative log decays [..., C, X] → (e^{G_i - G_m} for the second halves, e^{G_m - G_j}
+    for the first halves), m the last row of the first half: both ≤ 1."""
+    G1, G2 = _halves(G, s)
+    Gm = G1[..., -1:, :]
+    return (G2 - Gm).exp(), (Gm - G1).exp()
+
+
+class _IntraChunk(torch.autograd.Function):
     """o_i = Σ_{j≤i} (Σ_d q_id k_jd e^{Gk_id - Gk_jd}) v_j ⊙ e^{Gv_i - Gv_j} within each chunk.
 
     q, k, Gk: [..., C, K]; v, Gv: [..., C, V] (Gk, Gv cumulative from the chunk start, or
-    None for no decay). Returns [..., C, V].
+    None for no decay). Returns [..., C, V]. Level s (s = 1, 2, 4, …) adds the pairs with j in
+    the first and i in the second half of an aligned block of 2s rows, as matrix products of
+    rescaled queries and keys (module docstring). The backward is written out: it adds each
+    level's gradients into the halves of whole-size gradient tensors in place, where autograd
+    would build zero-padded whole-size tensors for every half of every level. vmap-able (packing).
     """
-    c = q.shape[-2]
-    o = (q * k).sum(-1, keepdim=True) * v  # j = i: nothing has decayed yet
-    s = 1
-    while s < c:  # pairs with j in the first and i in the second half of an aligned block of 2s
-        def halves(t, s=s):
-            return t.unflatten(-2, (c // (2 * s), 2, s)).unbind(-3)  # two [..., C/2s, s, X]
-        (_, q2), (k1, _), (v1, _) = halves(q), halves(k), halves(v)
-        if Gk is not None:
-            G1, G2 = halves(Gk)
-            Gm = G1[..., -1:, :]  # through the block's midpoint m
-            q2, k1 = q2 * (G2 - Gm).exp(), k1 * (Gm - G1).exp()
-        A = q2 @ k1.transpose(-1, -2)  # [..., C/2s, s(i), s(j)]
-        if Gv is None:
-            add = A @ v1
-        else:
-            G1, G2 = halves(Gv)
-            Gm = G1[..., -1:, :]
-            add = (A @ (v1 * (Gm - G1).exp())) * (G2 - Gm).exp()
-        o = o + F.pad(add, (0, 0, s, 0)).flatten(-3, -2)  # zeros for the first halves, add to the second
-        s *= 2
-    return o
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(q, k, v, Gk, Gv):
+        o = (q * k).sum(-1, keepdim=True) * v  # j = i: nothing has decayed yet
+        s = 1
+        while s < q.shape[-2]:
+            (_, q2), (k1, _), (v1, _) = _halves(q, s), _halves(k, s), _halves(v, s)
+            if Gk is not None:
+                to_i, from_j = _decays(Gk, s)
+                q2, k1 = q2 * to_i, k1 * from_j
+            A = q2 @ k1.transpose(-1, -2)  # [..., C/2s, s(i), s(j)]
+            if Gv is None:
+                add = A @ v1
+            else:
+                to_i, from_j = _decays(Gv, s)
+                add = (A @ (v1 * from_j)) * to_i
+            _halves(o, s)[1].add_(add)
+            s *= 2
+        return o
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, go):
+        q, k, v, Gk, Gv = ctx.saved_tensors
+        go = go.contiguous()
+        d = (q * k).sum(-1, keepdim=True)
+        gd = (go * v).sum(-1, keepdim=True)
+        gq, gk, gv = gd * k, gd * q, go * d
+        gGk = gGv = None
+        s = 1
+        while s < q.shape[-2]:
+            (_, q2), (k1, _), (v1, _), (_, go2) = _halves(q, s), _halves(k, s), _halves(v, s), _halves(go, s)
+            (_, gq2), (gk1, _), (gv1, _) = _halves(gq, s), _halves(gk, s), _halves(gv, s)
+            if Gk is not None:
+                k_to_i, k_from_j = _decays(Gk, s)
+                q2, k1 = q2 * k_to_i, k1 * k_from_j
+            A = q2 @ k1.transpose(-1, -2)
+            if Gv is None:
+                gA = go2 @ v1.transpose(-1, -2)
+                gv1 += A.transpose(-1, -2) @ go2
+            else:  # add = P ⊙ to_i with P = A (v1 ⊙ from_j)
+                to_i, from_j = _decays(Gv, s)
+                v1 = v1 * from_j
+                gP = go2 * to_i
+                gv1_scaled = A.transpose(-1, -2) @ gP
+                gA = gP @ v1.transpose(-1, -2)
+                gv1 += gv1_scaled * from_j
+                gGv = _level_log_grads(gGv, s, gP * (A @ v1), gv1_scaled * v1)
+            gq2_scaled, gk1_scaled = gA @ k1, gA.transpose(-1, -2) @ q2
+            if Gk is None:
+                gq2 += gq2_scaled
+                gk1 += gk1_scaled
+            else:
+                gq2 += gq2_scaled * k_to_i
+                gk1 += gk1_scaled * k_from_j
+                gGk = _level_log_grads(gGk, s, gq2_scaled * q2, gk1_scaled * k1)
+            s *= 2
+        if q.shape[-2] == 1:  # chunks of one: no pairs, no decay inside a chunk
+            gGk, gGv = (None if G is None else torch.zeros_like(G) for G in (Gk, Gv))
+        return gq, gk, gv, gGk, gGv
+
+
+def _level_log_grads(gG: torch.Tensor | None, s: int, to_i: torch.Tensor, from_j: torch.Tensor) -> torch.Tensor:
+    """Add a level's gradients w.r.t. its log decays into gG (in place; None: start it): to_i
+    is the gradient of the exponents G_i - G_m (second halves), from_j of G_m - G_j (first
+    halves; the midpoint m is the last row of a first half)."""
+    first = -from_j
+    first[..., -1:, :] += from_j.sum(-2, keepdim=True) - to_i.sum(-2, keepdim=True)
+    if gG is None:  # computed, not zeros written in place: under vmap(grad(...)) that is refused
+        return torch.stack([first, to_i], dim=-3).flatten(-4, -2)
+    g1, g2 = _halves(gG, s)
+    g1 += first
+    g2 += to_i
+    return gG
+
+
+def _intra_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, Gk: torch.Tensor | None,
+                 Gv: torch.Tensor | None) -> torch.Tensor:
+    """See :class:`_IntraChunk`."""
+    return _IntraChunk.apply(q, k, v, Gk, Gv)
 
 
 def chunk_gated_attention(
@@ -83,8 +165,10 @@ def chunk_gated_attention(
     pad = -l % c
 
     def chunks(t: torch.Tensor) -> torch.Tensor:
-        """[B, H, L, X] → [B, H, N, C, X], zero-padded at the end (a log decay of 0 is a no-op)."""
-        return F.pad(t.to(acc), (0, 0, 0, pad)).unflatten(2, (-1, c))
+        """[B, H, L, X] → [B, H, N, C, X], contiguous, zero-padded at the end (a log decay of 0
+        is a no-op)."""
+        t = F.pad(t.to(acc), (0, 0, 0, pad)) if pad else t.to(acc).contiguous()
+        return t.unflatten(2, (-1, c))
 
     q, k, v = chunks(q), chunks(k), chunks(v)
     Gk = None if gk is None else chunks(gk).cumsum(3)  # [B, H, N, C, K]
@@ -98,8 +182,8 @@ def chunk_gated_attention(
         q_in = q * Gk.exp()  # the incoming state meets query i decayed this much
         k_out = k * (Gk[..., -1:, :] - Gk).exp()  # key j's write, decayed to the chunk's end
         decay_k = Gk[..., -1, :].exp()  # [B, H, N, K], over the whole chunk
-    if Gv is None:
-        read, v_out, decay_v = torch.ones_like(v), v, q.new_ones(b, h, n, dv)
+    if Gv is None:  # nothing decays the state's columns
+        read, v_out, decay_v = None, v, None
     else:
         read = Gv.exp()  # the incoming state's columns, decayed to i
         v_out = v * (Gv[..., -1:, :] - Gv).exp()
@@ -108,9 +192,10 @@ def chunk_gated_attention(
     S = q.new_zeros(b, h, dk, dv)
     inter = []
     # carry the [K, V] state across chunks (unbind, not indexing: its backward stays linear)
-    per_chunk = (t.unbind(2) for t in (q_in, read, k_out, v_out, decay_k, decay_v))
+    per_chunk = (t.unbind(2) if t is not None else [None] * n for t in (q_in, read, k_out, v_out, decay_k, decay_v))
     for q_i, r_i, k_i, v_i, dk_i, dv_i in zip(*per_chunk):
-        inter.append((q_i @ S) * r_i)  # [B, H, C, V]
-        S = dk_i.unsqueeze(-1) * S * dv_i.unsqueeze(-2) + k_i.transpose(-1, -2) @ v_i
+        inter.append(q_i @ S if r_i is None else (q_i @ S) * r_i)  # [B, H, C, V]
+        S = dk_i.unsqueeze(-1) * S if dv_i is None else dk_i.unsqueeze(-1) * S * dv_i.unsqueeze(-2)
+        S = S + k_i.transpose(-1, -2) @ v_i
     o = o + torch.stack(inter, dim=2)
     return o.flatten(2, 3)[:, :, :l].to(dtype), S
