@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoology.errors import FieldError
+from zoology.mixers._ops import unit_lower_inverse
 
 
 def chunk_rwkv7(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
@@ -55,26 +56,33 @@ def chunk_rwkv7(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.T
     G_prev = G - logw  # through step t-1
     G_end = G[:, :, :, -1:]  # through the whole chunk
     a_in, r_in = a * G_prev.exp(), r * G.exp()  # what S_0 (and earlier steps) meet
-    b_back, k_back = b * (-G).exp(), k * (-G).exp()  # steps brought back to the chunk start
+    back = (-G).exp()
+    b_back, k_back = b * back, k * back  # steps brought back to the chunk start
     i = torch.arange(C, device=r.device)
     strict, incl = i[:, None] > i, i[:, None] >= i  # j < i; i <= t
     ab = (a_in @ b_back.transpose(-1, -2)).masked_fill(~strict, 0)  # [B, H, n, C, C]
     ak = (a_in @ k_back.transpose(-1, -2)).masked_fill(~strict, 0)
     rb = (r_in @ b_back.transpose(-1, -2)).masked_fill(~incl, 0)
     rk = (r_in @ k_back.transpose(-1, -2)).masked_fill(~incl, 0)
-    eye = torch.eye(C, device=r.device, dtype=r.dtype)
-    solve = torch.linalg.solve_triangular(eye - ab, eye.expand_as(ab), upper=False, unitriangular=True)
+    solve = unit_lower_inverse(-ab)  # (I - ab)⁻¹
+    # everything but the chunk's starting state S, for all chunks at once ([B, H, n, C, N]):
+    # the rows u_i = S_{i-1} a_i are u = sa Sᵀ + u_local, the outputs o = r_eff Sᵀ + o_local
+    sa = solve @ a_in
+    u_local = solve @ (ak @ v)
+    r_eff = r_in + rb @ sa
+    o_local = rb @ u_local + rk @ v
     to_end = (G_end - G).exp()
     b_out, k_out = b * to_end, k * to_end  # what each step leaves in the chunk's final state
     S = r.new_zeros(B, H, N, N)  # [B, H, N(v), N(k)]
     outs = []
     # one chunk at a time: unbind, not indexing (an index's backward writes a zero tensor of
     # the whole input per chunk, which made the backward quadratic in length)
-    chunks = (t.unbind(2) for t in (solve, a_in, ak, v, r_in, rb, rk, G_end.exp(), b_out, k_out))
-    for solve_c, a_c, ak_c, v_c, r_c, rb_c, rk_c, decay_c, b_c, k_c in zip(*chunks):
-        u = solve_c @ (torch.einsum("bhvk,bhik->bhiv", S, a_c) + ak_c @ v_c)
-        outs.append(torch.einsum("bhvk,bhtk->bhtv", S, r_c) + rb_c @ u + rk_c @ v_c)
-        S = S * decay_c + torch.einsum("bhiv,bhik->bhvk", u, b_c) + torch.einsum("bhiv,bhik->bhvk", v_c, k_c)
+    chunks = (t.unbind(2) for t in (r_eff, o_local, sa, u_local, G_end.exp(), b_out, v, k_out))
+    for r_c, o_c, sa_c, ul_c, decay_c, b_c, v_c, k_c in zip(*chunks):
+        St = S.transpose(-1, -2)
+        outs.append(r_c @ St + o_c)
+        u = sa_c @ St + ul_c  # [B, H, C, N(v)]
+        S = S * decay_c + u.transpose(-1, -2) @ b_c + v_c.transpose(-1, -2) @ k_c
     return torch.stack(outs, dim=2).reshape(B, H, n * C, N)[:, :, :L]
 
 
