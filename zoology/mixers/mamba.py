@@ -60,8 +60,10 @@ class _SelectiveScan(torch.autograd.Function):
         torch.mul(dt.unsqueeze(-1), A, out=a).exp_()
         hs[0] = h0
         torch.mul((dt * x).unsqueeze(-1), B.unsqueeze(2), out=hs[1:])  # input terms, overwritten by the states
+        # per-step views made once (an index per step costs more than the step at small batch)
+        a_t, h_t = a.unbind(0), hs.unbind(0)
         for t in range(a.shape[0]):
-            hs[t + 1].addcmul_(a[t], hs[t])  # h_t = a_t ⊙ h_{t-1} + (Δ_t x_t) B_t
+            h_t[t + 1].addcmul_(a_t[t], h_t[t])  # h_t = a_t ⊙ h_{t-1} + (Δ_t x_t) B_t
 
     @staticmethod
     def _buffers(x, A, block):
@@ -113,8 +115,9 @@ class _SelectiveScan(torch.autograd.Function):
             _SelectiveScan._block(dt[sl], A, x[sl], B[sl], starts[i], a, hs)
             torch.mul(gy[sl].unsqueeze(-1), C[sl].unsqueeze(2), out=g)  # C_t gy_t
             g[-1] += g_h
+            a_j, g_j = a.unbind(0), g.unbind(0)
             for j in reversed(range(t - 1)):
-                g[j].addcmul_(a[j + 1], g[j + 1])  # g_t = C_t gy_t + a_{t+1} ⊙ g_{t+1}
+                g_j[j].addcmul_(a_j[j + 1], g_j[j + 1])  # g_t = C_t gy_t + a_{t+1} ⊙ g_{t+1}
             g_h = a[0] * g[0]
             flat = (t * b, di, n)
             g_C[sl] = (gy[sl].view(t * b, 1, di) @ hs[1:].view(flat)).view(t, b, n)
