@@ -46,7 +46,7 @@ class GatedSlotAttention(nn.Module):
     """
 
     name = "gsa"
-    chunk_size = 16
+    chunk_size: int | None = None  # chunk_gated_attention's choice by length
 
     def __init__(self, d_model: int, num_heads: int = 4, num_slots: int = 0, expand_k: float = 1.0,
                  expand_v: float = 1.0, gate_logit_normalizer: float = 8.0) -> None:

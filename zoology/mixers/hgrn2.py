@@ -47,7 +47,7 @@ class HGRN2(nn.Module):
     """
 
     name = "hgrn2"
-    chunk_size = 16
+    chunk_size: int | None = None  # chunk_gated_attention's choice by length
 
     def __init__(self, d_model: int, expand_ratio: int = 32, num_heads: int = 0,
                  layer_idx: int = 0, n_layers: int = 2) -> None:

@@ -67,7 +67,7 @@ class RWKV5(nn.Module):
     """
 
     name = "rwkv5"
-    chunk_size = 16
+    chunk_size: int | None = None  # chunk_gated_attention's choice by length
     branches = ("r", "k", "v", "g")  # token-shift mixes
 
     def __init__(self, d_model: int, head_dim: int = 64, layer_idx: int = 0, n_layers: int = 2) -> None:
