@@ -95,7 +95,8 @@ class RWKV5(nn.Module):
 
     def _mixed(self, x: torch.Tensor, prev: torch.Tensor) -> dict[str, torch.Tensor]:
         """x, prev = x_{t-1} [..., D] → the token-shifted input of each branch [..., D]."""
-        return {b: x + (prev - x) * m for b, m in zip(self.branches, self.mix)}
+        delta = prev - x
+        return {b: x + delta * m for b, m in zip(self.branches, self.mix.unbind(0))}
 
     def _log_decay(self, xs: dict[str, torch.Tensor]) -> torch.Tensor:
         """log w = -exp(d) [D], the same at every position."""

@@ -201,7 +201,8 @@ class RWKV7(nn.Module):
 
     def _mixed(self, x: torch.Tensor, prev: torch.Tensor) -> list[torch.Tensor]:
         """x, prev = x_{t-1} [..., D] → the six token-shifted inputs (r, w, k, v, a, g)."""
-        return [x + (prev - x) * m for m in self.mix]
+        delta = prev - x
+        return [x + delta * m for m in self.mix.unbind(0)]
 
     def _inputs(self, mixed: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Token-shifted inputs → r, log decay, k, removal direction -κ, its write weight κ ⊙ a,
