@@ -16,7 +16,7 @@ from zoology.mixers import (
     Mamba2,
     MultiScaleRetention,
 )
-from zoology.mixers._ops import chunk_gla
+from zoology.mixers._gated import chunk_gated_attention
 from zoology.mixers.mamba import selective_scan, ssd_chunked
 from zoology.mixers.rwkv import wkv_chunked, wkv_step
 
@@ -99,7 +99,7 @@ def _gla_steps(q, k, v, log_decay):
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 8, 16, 32])
-def test_chunk_gla_matches_steps(chunk):
+def test_chunked_gated_attention_matches_steps(chunk):
     """Per-key log decays from -1e-3 to -1e3 per step: e^{-G} over a chunk overflows any float."""
     torch.manual_seed(0)
     b, h, dk, dv = 2, 3, 5, 4
@@ -108,19 +108,13 @@ def test_chunk_gla_matches_steps(chunk):
     scale = torch.tensor([1e-3, 1.0, 10.0, 100.0, 1000.0], dtype=F64)
     log_decay = (-torch.rand(b, h, L, dk, dtype=F64) * scale).requires_grad_()
     ref, S_ref = _gla_steps(q, k, v, log_decay)
-    out, S = chunk_gla(q, k, v, log_decay, chunk)
+    out, S = chunk_gated_attention(q, k, v, gk=log_decay, chunk_size=chunk)
     _close(out, ref, 1e-12)
     _close(S, S_ref, 1e-12)
     weight = torch.randn_like(ref)
     inputs = (q, k, v, log_decay)
     for g, g_ref in zip(_grads(out, inputs, weight), _grads(ref, inputs, weight)):
         _close(g, g_ref, 1e-10)
-
-
-def test_chunk_gla_wants_a_power_of_two():
-    x = torch.zeros(1, 1, 4, 2)
-    with pytest.raises(ValueError, match="power of 2"):
-        chunk_gla(x, x, x, x, chunk_size=12)
 
 
 # --- Mamba --------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
     S_t = diag(α_t) S_{t-1} + k_t v_tᵀ,   o_t = q_tᵀ S_t,   α_t = exp(logsigmoid(W_α x_t) / τ)
 
 A data-dependent forget gate per key channel; output RMS-normalised per head and gated
-by swish(W_g x). Training: chunked form (``_ops.chunk_gla``), linear in length.
+by swish(W_g x). Training: chunked form (``_gated.chunk_gated_attention``), linear in length.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._ops import RMSNorm, chunk_gla, head_widths
+from zoology.mixers._gated import chunk_gated_attention
+from zoology.mixers._ops import RMSNorm, head_widths
 
 
 class GatedLinearAttention(nn.Module):
@@ -28,7 +29,7 @@ class GatedLinearAttention(nn.Module):
     """
 
     name = "gla"
-    chunk_size = 16
+    chunk_size: int | None = None  # chunk_gated_attention's choice by length
 
     def __init__(
         self,
@@ -75,7 +76,7 @@ class GatedLinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v, log_alpha = self._inputs(x)
-        o, _ = chunk_gla(q, k, v, log_alpha, chunk_size=self.chunk_size)
+        o, _ = chunk_gated_attention(q, k, v, gk=log_alpha, chunk_size=self.chunk_size)
         return self._output(o, x)
 
     def recurrent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
