@@ -192,9 +192,12 @@ class _ShortConv(torch.autograd.Function):
         ctx.save_for_backward(x, weight, output[1] if silu else None)
         ctx.silu, ctx.has_bias = silu, bias is not None
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # else autograd writes a zero gradient for the pre-activation
 
     @staticmethod
     def backward(ctx, g, _):
+        if g is None:
+            return None, None, None, None
         x, weight, pre = ctx.saved_tensors
         k, l = weight.shape[1], x.shape[1]
         g = g.contiguous()
@@ -308,9 +311,12 @@ class _RMSNorm(torch.autograd.Function):
         x, weight, gate, _ = inputs
         ctx.save_for_backward(x, weight, gate, output[1])
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zero gradient for the per-row scale
 
     @staticmethod
     def backward(ctx, gy, _):
+        if gy is None:
+            return None, None, None, None
         x, weight, gate, r = ctx.saved_tensors
         gy = gy.to(r.dtype)
         n = x.to(r.dtype) * r  # the normalised input
