@@ -55,6 +55,20 @@ def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
+def _level_log_grads(gG: torch.Tensor | None, s: int, to_i: torch.Tensor, from_j: torch.Tensor) -> torch.Tensor:
+    """Add a level's gradients w.r.t. its log decays into gG (in place; None: start it): to_i
+    is the gradient of the exponents G_i - G_m (second halves), from_j of G_m - G_j (first
+    halves; the midpoint m is the last row of a first half)."""
+    first = -from_j
+    first[..., -1:, :] += from_j.sum(-2, keepdim=True) - to_i.sum(-2, keepdim=True)
+    if gG is None:  # computed, not zeros written in place: under vmap(grad(...)) that is refused
+        return torch.stack([first, to_i], dim=-3).flatten(-4, -2)
+    g1, g2 = _halves(gG, s)
+    g1 += first
+    g2 += to_i
+    return gG
+
+
 class _IntraChunk(torch.autograd.Function):
     """o_i = Σ_{j≤i} (Σ_d q_id k_jd e^{Gk_id - Gk_jd}) v_j ⊙ e^{Gv_i - Gv_j} within each chunk.
 
@@ -132,26 +146,6 @@ class _IntraChunk(torch.autograd.Function):
         return gq, gk, gv, gGk, gGv
 
 
-def _level_log_grads(gG: torch.Tensor | None, s: int, to_i: torch.Tensor, from_j: torch.Tensor) -> torch.Tensor:
-    """Add a level's gradients w.r.t. its log decays into gG (in place; None: start it): to_i
-    is the gradient of the exponents G_i - G_m (second halves), from_j of G_m - G_j (first
-    halves; the midpoint m is the last row of a first half)."""
-    first = -from_j
-    first[..., -1:, :] += from_j.sum(-2, keepdim=True) - to_i.sum(-2, keepdim=True)
-    if gG is None:  # computed, not zeros written in place: under vmap(grad(...)) that is refused
-        return torch.stack([first, to_i], dim=-3).flatten(-4, -2)
-    g1, g2 = _halves(gG, s)
-    g1 += first
-    g2 += to_i
-    return gG
-
-
-def _intra_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, Gk: torch.Tensor | None,
-                 Gv: torch.Tensor | None) -> torch.Tensor:
-    """See :class:`_IntraChunk`."""
-    return _IntraChunk.apply(q, k, v, Gk, Gv)
-
-
 def chunk_gated_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -185,7 +179,7 @@ def chunk_gated_attention(
     q, k, v = chunks(q), chunks(k), chunks(v)
     Gk = None if gk is None else chunks(gk).cumsum(3)  # [B, H, N, C, K]
     Gv = None if gv is None else chunks(gv).cumsum(3)  # [B, H, N, C, V]
-    o = _intra_chunk(q, k, v, Gk, Gv)  # [B, H, N, C, V]
+    o = _IntraChunk.apply(q, k, v, Gk, Gv)  # [B, H, N, C, V]
 
     n = q.shape[2]
     if Gk is None:
