@@ -129,8 +129,9 @@ def _ssm_steps(dt, A, x, B, C):
     return torch.stack(out, 1)
 
 
-@pytest.mark.parametrize("block_elements", [1, 700, 2**20])  # one position per block, a few, all at once
-def test_selective_scan_matches_steps(block_elements):
+# one position per block, a few, all at once; then a few per block with the batch scanned one example at a time
+@pytest.mark.parametrize(("block_elements", "step_elements"), [(1, 2**17), (700, 2**17), (2**20, 2**17), (100, 1)])
+def test_selective_scan_matches_steps(block_elements, step_elements):
     """Values and the hand-written gradients; steps with Δ·A down to -500 (e^{-500} per step)."""
     torch.manual_seed(0)
     b, di, n = 2, 6, 5
@@ -139,7 +140,7 @@ def test_selective_scan_matches_steps(block_elements):
     x, B, C = (torch.randn(b, L, s, dtype=F64, requires_grad=True) for s in (di, n, n))
     inputs = (dt, A, x, B, C)
     ref = _ssm_steps(*inputs)
-    out = selective_scan(*inputs, block_elements=block_elements)
+    out = selective_scan(*inputs, block_elements=block_elements, step_elements=step_elements)
     _close(out, ref, 1e-12)
     weight = torch.randn_like(ref)
     for g, g_ref in zip(_grads(out, inputs, weight), _grads(ref, inputs, weight)):

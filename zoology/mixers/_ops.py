@@ -178,10 +178,10 @@ class _ShortConv(torch.autograd.Function):
     @staticmethod
     def forward(x, weight, bias, silu):  # x [B, L, D], weight [D, k], bias [D] or None
         k, l = weight.shape[1], x.shape[1]
-        w = weight.to(x.dtype)
-        y = x * w[:, k - 1]
+        w = weight.to(x.dtype).t().contiguous()  # [k, D]: each tap's weights contiguous (a strided one costs 2-4x per product)
+        y = x * w[k - 1]
         for i in range(1, min(k, l)):
-            _add_product(y[:, i:], x[:, : l - i], w[:, k - 1 - i])
+            _add_product(y[:, i:], x[:, : l - i], w[k - 1 - i])
         if bias is not None:
             y += bias.to(x.dtype)
         return (F.silu(y), y) if silu else (y, y.new_empty(0))  # (output, pre-activation if SiLU)
@@ -203,11 +203,11 @@ class _ShortConv(torch.autograd.Function):
         g = g.contiguous()
         if ctx.silu:
             g = torch.ops.aten.silu_backward(g, pre)
-        w = weight.to(x.dtype)
-        gx = g * w[:, k - 1]
-        gw = [(g * x).sum((0, 1))] + [x.new_zeros(w.shape[0])] * (k - 1)  # gw[i]: for w[:, k-1-i]
+        w = weight.to(x.dtype).t().contiguous()  # [k, D]
+        gx = g * w[k - 1]
+        gw = [(g * x).sum((0, 1))] + [x.new_zeros(w.shape[1])] * (k - 1)  # gw[i]: for w[k-1-i]
         for i in range(1, min(k, l)):
-            _add_product(gx[:, : l - i], g[:, i:], w[:, k - 1 - i])
+            _add_product(gx[:, : l - i], g[:, i:], w[k - 1 - i])
             gw[i] = (g[:, i:] * x[:, : l - i]).sum((0, 1))
         gb = g.sum((0, 1)).to(weight.dtype) if ctx.has_bias else None
         return gx, torch.stack(gw[::-1], -1).to(weight.dtype), gb, None
