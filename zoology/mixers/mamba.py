@@ -25,7 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._ops import RMSNorm, ShortConvolution, dt_bias_init, pad_to_multiple
+from zoology.mixers._ops import (
+    RMSNorm,
+    ShortConvolution,
+    decay_matrix,
+    dt_bias_init,
+    pad_to_multiple,
+)
 
 
 def _check_common(d_state: int, d_conv: int, expand: int) -> None:
@@ -297,7 +303,7 @@ def ssd_chunked(v: torch.Tensor, log_decay: torch.Tensor, B: torch.Tensor, C: to
     Gc = g.view(b, n, c, G, hg).permute(0, 1, 3, 4, 2).cumsum(-1)  # [b, n, G, hg, c]: through position t
     # within a chunk: y_t = Σ_{j≤t} (C_t·B_j) e^{G_t - G_j} v_j
     causal = torch.ones(c, c, dtype=torch.bool, device=v.device).tril()
-    decay = (Gc.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # [b, n, G, hg, c, c]
+    decay = decay_matrix(Gc, causal)  # [b, n, G, hg, c, c]
     CB = Cc @ Bc.transpose(-1, -2)  # [b, n, G, c, c], one per group
     y = (CB.unsqueeze(3) * decay.to(CB.dtype)) @ V  # [b, n, G, hg, c, P]
     # each chunk's own part of the state at its end: Σ_j B_j (e^{G_end - G_j} v_j)ᵀ, heads side by side
