@@ -251,7 +251,7 @@ class Mamba(nn.Module):
     def _scan(self, x: torch.Tensor) -> torch.Tensor:
         """The selective scan over the whole sequence (:func:`selective_scan`). x [B, L, Di] → y [B, L, Di]."""
         dt, B, C, A = self._selection(x)
-        return selective_scan(dt, A, x, B, C) + x * self.D
+        return torch.addcmul(selective_scan(dt, A, x, B, C), x, self.D)  # + D x
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(u).chunk(2, dim=-1)  # [B, L, Di] each
