@@ -367,6 +367,14 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps, gate)
 
 
+def group_norm(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """``norm`` (an nn.GroupNorm over D channels) applied to x [..., D], each group normalised
+    over its own channels. Runs as a layer norm per group plus one multiply-add for the
+    affine part: PyTorch's CPU GroupNorm on [rows, D] is 2× slower fwd+bwd ([8192, 128], 2 groups)."""
+    y = F.layer_norm(x.unflatten(-1, (norm.num_groups, -1)), (x.shape[-1] // norm.num_groups,), eps=norm.eps)
+    return torch.addcmul(norm.bias, y.flatten(-2), norm.weight) if norm.affine else y.flatten(-2)
+
+
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     """softplus⁻¹(x) = x + log(1 - exp(-x)) (Mamba's dt-bias init)."""
     return x + torch.log(-torch.expm1(-x))

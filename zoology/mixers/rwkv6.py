@@ -36,6 +36,7 @@ from torch import nn
 
 from zoology.errors import FieldError
 from zoology.mixers._gated import chunk_gated_attention
+from zoology.mixers._ops import group_norm
 
 
 def _depth_ratios(layer_idx: int, n_layers: int) -> tuple[float, float]:
@@ -113,9 +114,7 @@ class RWKV5(nn.Module):
 
     def _finish(self, o: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """o [..., D] → GroupNorm per head, silu gate, output projection."""
-        shape = o.shape
-        o = self.ln_x(o.reshape(-1, self.d_model)).reshape(shape)
-        return self.output(o * F.silu(g))
+        return self.output(group_norm(o, self.ln_x) * F.silu(g))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         prev = F.pad(x, (0, 0, 1, -1))  # x_{t-1}, zeros at t = 0

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._ops import unit_lower_inverse
+from zoology.mixers._ops import group_norm, unit_lower_inverse
 
 
 def chunk_rwkv7(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
@@ -142,7 +142,7 @@ class RWKV7(nn.Module):
         self.key = nn.Linear(d, d, bias=False)
         self.value = nn.Linear(d, d, bias=False)
         self.output = nn.Linear(d, d, bias=False)
-        self.w0 = nn.Parameter(torch.empty(d))  # decay: ω = -softplus(-(w0 + tanh(x W1) W2)) - 0.5
+        self.w0 = nn.Parameter(torch.empty(d))  # decay: ω = -softplus(-(w0 + tanh(x W1) W2)) - 0.5 = log σ(·) - 0.5
         self.w1, self.w2 = nn.Parameter(torch.empty(d, decay_lora)), nn.Parameter(torch.empty(decay_lora, d))
         self.a0 = nn.Parameter(torch.empty(d))  # a = sigmoid(a0 + x A1 A2)
         self.a1, self.a2 = nn.Parameter(torch.empty(d, a_lora)), nn.Parameter(torch.empty(a_lora, d))
@@ -209,7 +209,7 @@ class RWKV7(nn.Module):
         and gate g, each [..., D]."""
         xr, xw, xk, _, xa, xg = mixed
         r, k = self.receptance(xr), self.key(xk)
-        omega = -F.softplus(-(self.w0 + torch.tanh(xw @ self.w1) @ self.w2)) - 0.5
+        omega = F.logsigmoid(self.w0 + torch.tanh(xw @ self.w1) @ self.w2) - 0.5  # -softplus(-z) = log σ(z)
         logw = -torch.exp(omega.float())  # log decay per channel: decay in (0.545, 1)
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
@@ -244,8 +244,7 @@ class RWKV7(nn.Module):
 
     def _finish(self, o: torch.Tensor, r, k, v, g) -> torch.Tensor:
         """o [..., D] (float) → y [..., D]: group norm, current-token bonus, gate, projection."""
-        shape = o.shape
-        o = self.ln_x(o.reshape(-1, self.d_model).to(r.dtype)).reshape(shape)
+        o = group_norm(o.to(r.dtype), self.ln_x)
         bonus = (self._heads(r) * self._heads(k) * self.r_k).sum(-1, keepdim=True) * self._heads(v)
         return self.output((o + bonus.flatten(-2).to(o.dtype)) * g)
 
