@@ -1,13 +1,13 @@
-"""The hand-written autograd ops in ``zoology.mixers._ops`` (short convolution, RMSNorm) equal
-the plain PyTorch expressions they replace, in value and gradient, and work under vmap
-(packed training stacks models with ``torch.func``)."""
+"""The hand-written or rewritten ops in ``zoology.mixers._ops`` (short convolution, RMSNorm,
+group norm, decay matrices) equal the plain PyTorch expressions they replace, in value and
+gradient, and work under vmap (packed training stacks models with ``torch.func``)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
-from zoology.mixers._ops import ShortConvolution, rms_norm
+from zoology.mixers._ops import ShortConvolution, decay_matrix, group_norm, rms_norm
 
 F64 = torch.float64
 
@@ -86,3 +86,59 @@ def test_fused_ops_under_vmap_match_per_member():
         single = grad(loss, argnums=(0, 1, 2, 3, 4))(*(a[j] for a in args))
         for b, s in zip(batched, single):
             torch.testing.assert_close(b[j], s)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_matches_nn_group_norm(affine):
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(3, 12, eps=64e-5, affine=affine).double()
+    if affine:
+        with torch.no_grad():
+            norm.weight.normal_(), norm.bias.normal_()
+    x = torch.randn(2, 5, 12, dtype=F64, requires_grad=True) * 3
+    y, ref = group_norm(x, norm), norm(x.reshape(-1, 12)).reshape(x.shape)
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
+    params, weight = [x, *norm.parameters()], torch.randn_like(y)
+    for g, g_ref in zip(torch.autograd.grad((y * weight).sum(), params),
+                        torch.autograd.grad((ref * weight).sum(), params)):
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-12)
+
+
+def test_group_norm_under_vmap_matches_per_member():
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(2, 8)
+    W, Bias, X = torch.randn(3, 8), torch.randn(3, 8), torch.randn(3, 4, 8)
+
+    def loss(w, b, x):
+        return torch.func.functional_call(norm, {"weight": w, "bias": b}, (x,), strict=False).square().sum()
+
+    def member_loss(w, b, x):
+        return group_norm(x, _Affine(norm, w, b)).square().sum()
+
+    batched = vmap(grad(member_loss, argnums=(0, 1, 2)))(W, Bias, X)
+    for j in range(3):
+        single = grad(loss, argnums=(0, 1, 2))(W[j], Bias[j], X[j])
+        for b, s in zip(batched, single):
+            torch.testing.assert_close(b[j], s)
+
+
+class _Affine:
+    """A stand-in for an nn.GroupNorm whose weight and bias are a packed member's."""
+
+    def __init__(self, norm: torch.nn.GroupNorm, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self.num_groups, self.eps, self.affine, self.weight, self.bias = norm.num_groups, norm.eps, True, weight, bias
+
+
+def test_decay_matrix_is_the_masked_exponential_and_never_overflows():
+    torch.manual_seed(0)
+    G = (-torch.rand(2, 3, 8, dtype=F64) * 5).cumsum(-1)  # cumulative log decays, falling
+    causal = torch.ones(8, 8, dtype=torch.bool).tril()
+    ref = torch.where(causal, (G.unsqueeze(-1) - G.unsqueeze(-2)).exp(), 0.0)
+    torch.testing.assert_close(decay_matrix(G, causal), ref, rtol=1e-13, atol=0)
+    strict = causal.tril(-1)
+    assert decay_matrix(G, strict).diagonal(dim1=-2, dim2=-1).eq(0).all()
+    steep = torch.tensor([0.0, -200.0, -400.0])  # above the diagonal e^{+400}: masked before the exponential
+    out = decay_matrix(steep, torch.ones(3, 3, dtype=torch.bool).tril())
+    assert torch.isfinite(out).all() and out[0, 1] == 0 and out[2, 0] == 0  # e^-400 underflows to 0
+    Gg = G.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda g: decay_matrix(g, causal), (Gg,))
