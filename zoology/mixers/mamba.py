@@ -151,11 +151,12 @@ class _SelectiveScan(torch.autograd.Function):
 
 
 def selective_scan(dt: torch.Tensor, A: torch.Tensor, x: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                   block_elements: int = 2**19, step_elements: int = 2**17) -> torch.Tensor:
+                   block_elements: int | None = None, step_elements: int = 2**17) -> torch.Tensor:
     """y_t = Σ_n C_tn h_t[:, n] with h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t x_t) B_t, h_0 = 0.
 
     dt (Δ), x: [B, L, Di]; A: [Di, N]; B, C: [B, L, N] → y [B, L, Di]; computed in float32 at least.
-    Blocks of T positions with T·b·Di·N ≈ block_elements (see :class:`_SelectiveScan`). On CPU
+    Blocks of T positions with T·b·Di·N ≈ block_elements (see :class:`_SelectiveScan`; None:
+    2^19 on CPU, 2^20 elsewhere, where fewer blocks mean fewer kernel launches). On CPU
     the batch is also split into slices of b ≈ step_elements / (Di·N) examples, scanned one
     after another, so that a block's buffers stay in cache (2 MiB each by default; on the
     2-core dev VM blocks of 4 MiB and more ran 15-45% slower at L = 256, and at L = 64,
@@ -165,7 +166,9 @@ def selective_scan(dt: torch.Tensor, A: torch.Tensor, x: torch.Tensor, B: torch.
     wide = torch.promote_types(dtype, torch.float32)
     b, l, di = x.shape
     state = di * A.shape[1]
-    b_step = max(1, step_elements // state) if x.device.type == "cpu" else b
+    cpu = x.device.type == "cpu"
+    block_elements = block_elements or (2**19 if cpu else 2**20)
+    b_step = max(1, step_elements // state) if cpu else b
     block = max(1, min(l, block_elements // (min(b, b_step) * state)))
     with torch.autocast(x.device.type, enabled=False):
         dt, A, x, B, C = (t.to(wide) for t in (dt, A, x, B, C))
