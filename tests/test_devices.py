@@ -172,16 +172,17 @@ def test_one_gpu_runs_in_this_process(machine, started, write, tmp_path, monkeyp
 def test_accelerate_launch_accepts_the_command(tmp_path):
     """The real `accelerate launch` (on CPU) takes our flags and starts 2 ranks that keep
     our CUDA_VISIBLE_DEVICES and threads and get our precision."""
+    # each rank writes its own file: two ranks printing to one pipe can interleave their lines
     (tmp_path / "zprobe.py").write_text(
-        "import json, os\nprint(json.dumps({k: os.environ.get(k) for k in ('LOCAL_RANK', 'WORLD_SIZE', "
-        "'CUDA_VISIBLE_DEVICES', 'ACCELERATE_MIXED_PRECISION', 'OMP_NUM_THREADS')}))\n")
+        "import json, os, pathlib\nenv = {k: os.environ.get(k) for k in ('LOCAL_RANK', 'WORLD_SIZE', "
+        "'CUDA_VISIBLE_DEVICES', 'ACCELERATE_MIXED_PRECISION', 'OMP_NUM_THREADS')}\n"
+        f"pathlib.Path({str(tmp_path)!r}, 'rank' + env['LOCAL_RANK'] + '.json').write_text(json.dumps(env))\n")
     path = os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])
     env = {**os.environ, "PYTHONPATH": path, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "3"}
     proc = subprocess.run(launch.accelerate_command([sys.executable, "-m", "zprobe"], 2, "no"), env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
-                   key=lambda r: r["LOCAL_RANK"])
+    ranks = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert ranks == [{"LOCAL_RANK": str(r), "WORLD_SIZE": "2", "CUDA_VISIBLE_DEVICES": "",
                       "ACCELERATE_MIXED_PRECISION": "no", "OMP_NUM_THREADS": "3"} for r in (0, 1)]
 
