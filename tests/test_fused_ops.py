@@ -1,5 +1,5 @@
 """The hand-written or rewritten ops in ``zoology.mixers._ops`` (short convolution, RMSNorm,
-group norm, decay matrices) equal the plain PyTorch expressions they replace, in value and
+group norm, decay matrices, transposed products) equal the plain PyTorch expressions they replace, in value and
 gradient, and work under vmap (packed training stacks models with ``torch.func``)."""
 
 import pytest
@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
-from zoology.mixers._ops import ShortConvolution, decay_matrix, group_norm, rms_norm
+from zoology.mixers._ops import (
+    ShortConvolution,
+    decay_matrix,
+    group_norm,
+    matmul_nt,
+    matmul_tn,
+    rms_norm,
+)
 
 F64 = torch.float64
 
@@ -142,3 +149,42 @@ def test_decay_matrix_is_the_masked_exponential_and_never_overflows():
     assert torch.isfinite(out).all() and out[0, 1] == 0 and out[2, 0] == 0  # e^-400 underflows to 0
     Gg = G.clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda g: decay_matrix(g, causal), (Gg,))
+
+
+_TRANSPOSED = [(matmul_nt, lambda a, b: a @ b.transpose(-1, -2), (3, 5, 4), (3, 6, 4)),
+               (matmul_tn, lambda a, b: a.transpose(-1, -2) @ b, (3, 5, 4), (3, 5, 6))]
+
+
+@pytest.mark.parametrize(("fn", "ref", "sa", "sb"), _TRANSPOSED)
+def test_transposed_products_match_autograd_and_return_row_major_gradients(fn, ref, sa, sb):
+    torch.manual_seed(0)
+    a, b = (torch.randn(s, dtype=F64, requires_grad=True) for s in (sa, sb))
+    g = torch.randn_like(ref(a, b))
+    got, want = torch.autograd.grad(fn(a, b), (a, b), g), torch.autograd.grad(ref(a, b), (a, b), g)
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+        assert x.is_contiguous()  # the point of them: no transposed views handed back
+    assert not want[1 if fn is matmul_nt else 0].is_contiguous()
+    assert torch.autograd.gradcheck(fn, (a, b))
+    # under autocast (bf16 on CPU) the same precision as autograd's own product
+    a32, b32 = (t.detach().float().requires_grad_() for t in (a, b))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, y_ref = fn(a32, b32), ref(a32, b32)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    got = torch.autograd.grad(y.float().sum(), (a32, b32))
+    want = torch.autograd.grad(y_ref.float().sum(), (a32, b32))
+    for x, w in zip(got, want):
+        assert x.dtype == torch.float32
+        torch.testing.assert_close(x, w)
+
+
+@pytest.mark.parametrize(("fn", "ref", "sa", "sb"), _TRANSPOSED)
+def test_transposed_products_under_vmap_match_per_member(fn, ref, sa, sb):
+    torch.manual_seed(0)
+    a, b = torch.randn(4, *sa, dtype=F64), torch.randn(4, *sb, dtype=F64)
+    loss = lambda a, b: fn(a, b).sin().sum()  # noqa: E731
+    got = vmap(grad(loss, argnums=(0, 1)))(a, b)
+    for i in range(4):
+        want = grad(lambda a, b: ref(a, b).sin().sum(), argnums=(0, 1))(a[i], b[i])
+        for x, w in zip(got, want):
+            torch.testing.assert_close(x[i], w, rtol=0, atol=1e-12)

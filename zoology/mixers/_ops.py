@@ -49,6 +49,44 @@ def decay_matrix(G: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, G2.unsqueeze(-1) - G2.unsqueeze(-2), float("-inf")).exp2()
 
 
+class _TransposedMatmul(torch.autograd.Function):
+    """a @ bᵀ (``a_first`` False) or aᵀ @ b (True), same batch shape; see :func:`matmul_nt`."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a: torch.Tensor, b: torch.Tensor, a_first: bool) -> torch.Tensor:
+        return a.transpose(-1, -2) @ b if a_first else a @ b.transpose(-1, -2)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:2])
+        ctx.a_first = inputs[2]
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        a_, b_ = a.to(g.dtype), b.to(g.dtype)  # autocast may have run the forward in lower precision
+        gt = g.transpose(-1, -2)
+        ga = (b_ @ gt if ctx.a_first else g @ b_) if ctx.needs_input_grad[0] else None
+        gb = (a_ @ g if ctx.a_first else gt @ a_) if ctx.needs_input_grad[1] else None
+        return None if ga is None else ga.to(a.dtype), None if gb is None else gb.to(b.dtype), None
+
+
+def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ bᵀ (a [..., M, K], b [..., N, K], same batch shape) whose gradients come back in a's
+    and b's own row-major layout. Autograd's ``a @ b.transpose(-1, -2)`` returns b's gradient
+    as a transposed view, and every elementwise op that meets it later runs on mixed layouts:
+    on CPU 1.2–1.6 ns per element instead of 0.2 (RWKV-7's chunked core fwd+bwd: 0.92×)."""
+    return _TransposedMatmul.apply(a, b, False)
+
+
+def matmul_tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """aᵀ @ b (a [..., K, M], b [..., K, N], same batch shape), gradients in a's and b's own
+    layout (see :func:`matmul_nt`)."""
+    return _TransposedMatmul.apply(a, b, True)
+
+
 def chunk_linear_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -83,7 +121,7 @@ def chunk_linear_attention(
         k_out = k * (G[..., -1:, :] - G).exp().to(k.dtype)  # decay from j to chunk end
         chunk_decay = G[..., -1, :].exp()  # [B, H, N, K]
     else:
-        A = (q @ k.transpose(-1, -2)) * decay_matrix(G, causal).to(q.dtype)  # [B, H, N, C, C]
+        A = matmul_nt(q, k) * decay_matrix(G, causal).to(q.dtype)  # [B, H, N, C, C]
         q_in = q * G.exp().unsqueeze(-1).to(q.dtype)
         k_out = k * (G[..., -1:] - G).exp().unsqueeze(-1).to(k.dtype)
         chunk_decay = G[..., -1].exp().unsqueeze(-1)  # [B, H, N, 1]
@@ -93,7 +131,7 @@ def chunk_linear_attention(
     # carry the [K, V] state across chunks (unbind, not indexing: its backward stays linear)
     for q_i, k_i, v_i, d_i in zip(*(t.unbind(2) for t in (q_in, k_out, v, chunk_decay))):
         inter.append(q_i @ S)  # [B, H, C, V]
-        S = d_i.unsqueeze(-1).to(S.dtype) * S + k_i.transpose(-1, -2) @ v_i
+        S = d_i.unsqueeze(-1).to(S.dtype) * S + matmul_tn(k_i, v_i)
     o = o + torch.stack(inter, dim=2)
     return o.reshape(b, h, n * c, dv)[:, :, :l], S
 
@@ -148,18 +186,18 @@ def chunk_delta_rule(
     causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
     def ratio(mask):  # Γ_i/Γ_j for the pairs in mask, else 0: [N, B, H, C, C]
         return decay_matrix(G, mask).to(q.dtype)
-    T = unit_lower_inverse((k @ k.transpose(-1, -2)) * ratio(lower) * beta.unsqueeze(-2))
+    T = unit_lower_inverse(matmul_nt(k, k) * ratio(lower) * beta.unsqueeze(-2))
     U0 = T @ v  # [N, B, H, C, V]
     W = T @ (k * G.exp().unsqueeze(-1).to(k.dtype))  # [N, B, H, C, K]
-    QK = (q @ k.transpose(-1, -2)) * ratio(causal) * beta.unsqueeze(-2)  # [N, B, H, C, C]
+    QK = matmul_nt(q, k) * ratio(causal) * beta.unsqueeze(-2)  # [N, B, H, C, C]
     q_in = q * G.exp().unsqueeze(-1).to(q.dtype)
-    k_out = (k * ((G[..., -1:] - G).exp() * beta).unsqueeze(-1).to(k.dtype)).transpose(-1, -2)  # [N, B, H, K, C]
+    k_out = k * ((G[..., -1:] - G).exp() * beta).unsqueeze(-1).to(k.dtype)  # [N, B, H, C, K]
     S = q.new_zeros(b, h, dk, dv)
     out = []
     for U0_i, W_i, q_i, QK_i, k_i, decay_i in zip(U0, W, q_in, QK, k_out, G[..., -1].exp()):
         U = U0_i - W_i @ S  # [B, H, C, V]
         out.append(q_i @ S + QK_i @ U)
-        S = decay_i[..., None, None] * S + k_i @ U
+        S = decay_i[..., None, None] * S + matmul_tn(k_i, U)
     o = torch.stack(out).permute(1, 2, 0, 3, 4).reshape(b, h, n * c, dv)
     return o[:, :, :l].to(dtype), S
 

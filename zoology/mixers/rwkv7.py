@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._ops import group_norm, unit_lower_inverse
+from zoology.mixers._ops import group_norm, matmul_nt, matmul_tn, unit_lower_inverse
 
 
 def chunk_rwkv7(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
@@ -51,7 +51,8 @@ def chunk_rwkv7(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.T
     if pad:  # trailing steps that decay nothing and write nothing
         r, logw, k, v, a, b = (F.pad(t, (0, 0, 0, pad)) for t in (r, logw, k, v, a, b))
     n, C = (L + pad) // chunk_size, chunk_size
-    r, logw, k, v, a, b = (t.reshape(B, H, n, C, N) for t in (r, logw, k, v, a, b))
+    # contiguous chunks: products and their gradients then share one layout (see matmul_nt)
+    r, logw, k, v, a, b = (t.contiguous().reshape(B, H, n, C, N) for t in (r, logw, k, v, a, b))
     G = logw.cumsum(3)  # [B, H, n, C, N]: log decay through step t
     G_prev = G - logw  # through step t-1
     G_end = G[:, :, :, -1:]  # through the whole chunk
@@ -60,10 +61,10 @@ def chunk_rwkv7(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.T
     b_back, k_back = b * back, k * back  # steps brought back to the chunk start
     i = torch.arange(C, device=r.device)
     strict, incl = i[:, None] > i, i[:, None] >= i  # j < i; i <= t
-    ab = (a_in @ b_back.transpose(-1, -2)).masked_fill(~strict, 0)  # [B, H, n, C, C]
-    ak = (a_in @ k_back.transpose(-1, -2)).masked_fill(~strict, 0)
-    rb = (r_in @ b_back.transpose(-1, -2)).masked_fill(~incl, 0)
-    rk = (r_in @ k_back.transpose(-1, -2)).masked_fill(~incl, 0)
+    ab = (matmul_nt(a_in, b_back)).masked_fill(~strict, 0)  # [B, H, n, C, C]
+    ak = (matmul_nt(a_in, k_back)).masked_fill(~strict, 0)
+    rb = (matmul_nt(r_in, b_back)).masked_fill(~incl, 0)
+    rk = (matmul_nt(r_in, k_back)).masked_fill(~incl, 0)
     solve = unit_lower_inverse(-ab)  # (I - ab)⁻¹
     # everything but the chunk's starting state S, for all chunks at once ([B, H, n, C, N]):
     # the rows u_i = S_{i-1} a_i are u = sa Sᵀ + u_local, the outputs o = r_eff Sᵀ + o_local
@@ -79,10 +80,9 @@ def chunk_rwkv7(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.T
     # the whole input per chunk, which made the backward quadratic in length)
     chunks = (t.unbind(2) for t in (r_eff, o_local, sa, u_local, G_end.exp(), b_out, v, k_out))
     for r_c, o_c, sa_c, ul_c, decay_c, b_c, v_c, k_c in zip(*chunks):
-        St = S.transpose(-1, -2)
-        outs.append(r_c @ St + o_c)
-        u = sa_c @ St + ul_c  # [B, H, C, N(v)]
-        S = S * decay_c + u.transpose(-1, -2) @ b_c + v_c.transpose(-1, -2) @ k_c
+        outs.append(matmul_nt(r_c, S) + o_c)
+        u = matmul_nt(sa_c, S) + ul_c  # [B, H, C, N(v)]
+        S = S * decay_c + matmul_tn(u, b_c) + matmul_tn(v_c, k_c)
     return torch.stack(outs, dim=2).reshape(B, H, n * C, N)[:, :, :L]
 
 
