@@ -389,7 +389,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, gate: torch.Tens
     """x / rms(x) · weight over the last dim, times SiLU(gate) if given; computed in at least
     float32 (float64 stays float64), returned in x's dtype. weight: the last dim's size, or
     the trailing dims of x (e.g. [heads, head_dim] for a scale per head and channel)."""
-    return _RMSNorm.apply(x, weight, gate, eps)[0]
+    # one copy of a strided x (heads transposed back: [B, H, L, V] → [B, L, H, V]) saves more:
+    # against a row-major gate and gradient every elementwise op would run on mixed layouts
+    return _RMSNorm.apply(x.contiguous(), weight, gate, eps)[0]
 
 
 class RMSNorm(nn.Module):
