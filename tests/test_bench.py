@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from zoology.bench import bench_mixers
 from zoology.cli import main
 
@@ -48,3 +50,43 @@ def test_bench_cli_cuda_without_a_gpu_is_a_usage_error(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["bench", "mixers", "attention", "--device", "cuda"]) == 2
     assert "sees no CUDA device" in capsys.readouterr().err
+
+
+def test_bench_ops_times_a_mixer_op_by_op_with_operand_layouts():
+    from zoology.bench import bench_ops, layout, summarize_ops
+
+    x = torch.zeros(2, 3, 4)
+    assert [layout(t) for t in (x, x.transpose(-1, -2), x[:, :2], x.permute(2, 0, 1), x[:1].expand(5, 3, 4))] == \
+        ["c", "t", "s", "x", "b"]
+    rows = list(bench_ops("attention", length=8, d_model=16, tokens_per_batch=32, steps=2))
+    assert rows == sorted(rows, key=lambda r: -r["ms_per_step"])
+    assert abs(sum(r["share"] for r in rows) - 1) < 0.01
+    kinds = {r["kind"] for r in rows}
+    assert "matmul" in kinds and "view" in kinds  # the projections; the head reshapes
+    assert all(r["calls"] >= 1 and r["operands"] for r in rows if r["kind"] != "view")
+    assert "ms per step" in summarize_ops(rows)
+
+
+def test_bench_ops_flags_elementwise_ops_on_strided_operands():
+    from zoology.bench import _OpTimer
+
+    a = torch.randn(4, 8, 8)
+    with _OpTimer(sync=False) as timer:
+        a * a
+        a * a.transpose(-1, -2)
+        a @ a.transpose(-1, -2)
+    keys = {(op, operands, kind) for op, operands, kind in timer.stats}
+    assert ("mul", "4×8×8 c · 4×8×8 c", "elementwise") in keys
+    assert ("mul", "4×8×8 c · 4×8×8 t", "elementwise") in keys
+    assert any(kind == "matmul" for _, _, kind in keys)
+
+
+def test_bench_ops_cli(capsys):
+    assert main(["bench", "ops", "short_conv", "--length", "16", "--top", "3", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "ms per step" in out and "more rows" in out and "layouts:" in out
+    assert main(["bench", "ops", "no_such_mixer"]) == 2
+    assert "unknown mixer 'no_such_mixer'" in capsys.readouterr().err
+    assert main(["bench", "ops", "attention", "short_conv"]) == 2
+    assert main(["bench", "mixers", "attention", "--length", "64"]) == 2
+    assert "--length and --top are for bench ops" in capsys.readouterr().err

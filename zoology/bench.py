@@ -5,10 +5,13 @@
   mixer at d_model 128: sequence mixers over lengths 64…4096, state mixers (which act per
   position) at the first length.
 * ``train``: steps/s of an experiment's training step, solo and packed (``--pack K``).
+* ``ops``: where one mixer's forward+backward spends its time, op by op, with the layout of
+  every operand (elementwise ops on strided operands run several times slower on CPU).
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import statistics
 import tempfile
@@ -19,6 +22,8 @@ from typing import Any
 
 import attrs
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from zoology.mixer_context import MixerContext, build_mixer
 from zoology.plugins import get_registry
@@ -132,6 +137,95 @@ def bench_mixers(
                    "ms_per_step": round(statistics.median(times) * 1000, 1),
                    "spread": round(max(times) / min(times), 2),
                    **({"vs_attention": round(speed[row["mixer"]] / speed["attention"], 3)} if "attention" in speed else {})}
+
+
+def layout(t: torch.Tensor) -> str:
+    """One letter for how a tensor lies in memory: ``c`` row-major, ``t`` its last two dims
+    transposed, ``b`` broadcast (a zero stride), ``s`` rows contiguous but strided between
+    them (a slice, a permuted view), ``x`` anything else."""
+    if t.is_contiguous():
+        return "c"
+    if 0 in t.stride():
+        return "b"
+    if t.dim() >= 2 and t.transpose(-1, -2).is_contiguous():
+        return "t"
+    return "s" if t.stride()[-1] == 1 else "x"
+
+
+def _op_kind(func: Any) -> str:
+    name = func.overloadpacket.__name__.lstrip("_")
+    if getattr(func, "is_view", False):
+        return "view"
+    if "mm" in name or "attention" in name or "convolution" in name:
+        return "matmul"
+    if name.rstrip("_") in ("clone", "copy", "to_copy", "cat", "stack", "flip", "constant_pad_nd", "contiguous"):
+        return "copy"
+    return "elementwise"
+
+
+class _OpTimer(TorchDispatchMode):
+    """Times every aten op run under it (synchronising a GPU around each), keyed by op and operands."""
+
+    def __init__(self, sync: bool) -> None:
+        super().__init__()
+        self.sync = sync
+        self.stats: dict[tuple[str, str, str], list[float]] = collections.defaultdict(lambda: [0.0, 0])
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if self.sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        if self.sync:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        tensors = [a for a in tree_leaves(args) if isinstance(a, torch.Tensor)]
+        shown = [f"{'×'.join(map(str, t.shape)) or 'scalar'} {layout(t)}" for t in tensors[:3]]
+        operands = " · ".join(shown + ([f"+{len(tensors) - 3}"] if len(tensors) > 3 else []))
+        stat = self.stats[(func.overloadpacket.__name__, operands, _op_kind(func))]
+        stat[0] += elapsed
+        stat[1] += 1
+        return out
+
+
+def bench_ops(name: str, length: int = 256, d_model: int = 128, tokens_per_batch: int = 8192, steps: int = 3,
+              device: str = "cpu") -> Iterator[dict[str, Any]]:
+    """One row per (op, operands) of one step of mixer ``name`` (forward + backward, fp32, the
+    shapes of ``bench mixers``), slowest first: milliseconds and calls per step, the share of the
+    step, the op's kind (matmul, elementwise, copy, view) and ``strided``: an elementwise op
+    with an operand that is neither row-major nor broadcast — the ones a different layout
+    upstream can often speed up several times on CPU (see docs/performance.md).
+
+    Each op is timed alone through a Python dispatch mode, which adds a few microseconds per
+    op: the figures say where the time goes, and overstate the many small ops a little.
+    """
+    comp = get_registry().get("mixer", name)
+    batch = max(1, tokens_per_batch // length)
+    torch.manual_seed(0)
+    mixer = build_mixer(comp.cls, {}, MixerContext(d_model=d_model, max_seq_len=length)).to(device)
+    x = torch.randn(batch, length, d_model, device=device, requires_grad=True)
+    grad = torch.randn(batch, length, d_model, device=device)
+    mixer(x).backward(grad)  # warm-up: first-call costs are not the step's
+    timer = _OpTimer(sync=x.is_cuda)
+    with timer:
+        for _ in range(steps):
+            mixer(x).backward(grad)
+    total = sum(seconds for seconds, _ in timer.stats.values())
+    for (op, operands, kind), (seconds, calls) in sorted(timer.stats.items(), key=lambda kv: -kv[1][0]):
+        letters = [part.rsplit(" ", 1)[-1] for part in operands.split(" · ") if " " in part]
+        yield {"op": op, "operands": operands, "kind": kind, "calls": round(calls / steps),
+               "ms_per_step": round(seconds / steps * 1000, 2), "share": round(seconds / total, 4),
+               "strided": kind == "elementwise" and any(c in "tsx" for c in letters)}
+
+
+def summarize_ops(rows: list[dict[str, Any]]) -> str:
+    """Totals of :func:`bench_ops` rows by kind, one line."""
+    ms = collections.Counter()
+    for r in rows:
+        ms["strided elementwise" if r["strided"] else r["kind"]] += r["ms_per_step"]
+    total = sum(ms.values())
+    parts = ", ".join(f"{kind} {v:.1f} ({v / total:.0%})" for kind, v in ms.most_common())
+    return f"{total:.1f} ms per step (each op timed alone): {parts}"
 
 
 def format_rows(rows: list[dict[str, Any]], width: int | None = None) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from zoology.errors import UserError
-from zoology.plugins import Component, get_registry
+from zoology.plugins import Component, UnknownComponent, get_registry
 from zoology.progress import SweepProgress
 from zoology.tables import format_table, output_width
 
@@ -353,6 +353,28 @@ def _bench_device(name: str) -> str:
     return name
 
 
+def _bench_ops(args: argparse.Namespace, bench: Any) -> int:
+    if len(args.names) != 1:
+        raise UserError("bench ops: name one mixer (zoology mixers lists them)")
+    length, top = 256 if args.length is None else args.length, 30 if args.top is None else args.top
+    if length < 1 or top < 0:
+        raise UserError(f"bench ops: --length must be at least 1 and --top at least 0, got {length}, {top}")
+    try:
+        rows = list(bench.bench_ops(args.names[0], length=length, device=_bench_device(args.device)))
+    except UnknownComponent as e:
+        raise UserError(f"bench ops: {e}") from None
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    shown = rows[:top] if top else rows
+    print(bench.format_rows(shown, output_width(args.width)))
+    if len(shown) < len(rows):
+        print(f"... {len(rows) - len(shown)} more rows (--top 0 shows all)")
+    print(bench.summarize_ops(rows))
+    print("layouts: c row-major, t last two dims transposed, s strided rows, b broadcast, x other strided")
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -361,6 +383,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
+    if args.what == "ops":
+        return _bench_ops(args, bench)
+    if args.length is not None or args.top is not None:
+        raise UserError(f"bench {args.what}: --length and --top are for bench ops")
     if args.what == "train":
         if len(args.names) != 1:
             raise UserError("bench train: name one experiment TOML file")
@@ -522,9 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
         _width_arg(p)
         p.set_defaults(func=lambda a, kind=kind: _list(kind, a))
 
-    p = sub.add_parser("bench", help="benchmarks: task generation speed, mixer throughput, training steps/s")
-    p.add_argument("what", choices=["data", "mixers", "train"])
-    p.add_argument("names", nargs="*", help="only these tasks / mixers; for train: the experiment TOML file")
+    p = sub.add_parser("bench", help="benchmarks: task generation speed, mixer throughput, training steps/s, "
+                                     "a mixer's step op by op")
+    p.add_argument("what", choices=["data", "mixers", "train", "ops"])
+    p.add_argument("names", nargs="*", help="only these tasks / mixers; for train: the experiment TOML file; "
+                                            "for ops: one mixer")
+    p.add_argument("--length", type=int, metavar="L", help="ops: sequence length, 8,192 tokens a step (default: 256)")
+    p.add_argument("--top", type=int, metavar="N", help="ops: rows shown, slowest first; 0: all (default: 30)")
     p.add_argument("--pack", type=int, default=1, metavar="K",
                    help="train: also time K copies (seeds seed…seed+K-1) trained as one pack")
     p.add_argument("--steps", type=int, default=50, metavar="N", help="train: timed steps per row")

@@ -29,8 +29,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from zoology.mixers._ops import matmul_tn
-
 
 def _halves(t: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[..., C, X] → the first and second halves of its aligned blocks of 2s rows, two views
@@ -204,6 +202,6 @@ def chunk_gated_attention(
     for q_i, r_i, k_i, v_i, dk_i, dv_i in zip(*per_chunk):
         inter.append(q_i @ S if r_i is None else (q_i @ S) * r_i)  # [B, H, C, V]
         S = dk_i.unsqueeze(-1) * S if dv_i is None else dk_i.unsqueeze(-1) * S * dv_i.unsqueeze(-2)
-        S = S + matmul_tn(k_i, v_i)
+        S = S + k_i.transpose(-1, -2) @ v_i
     o = o + torch.stack(inter, dim=2)
     return o.flatten(2, 3)[:, :, :l].to(dtype), S

@@ -131,7 +131,7 @@ def chunk_linear_attention(
     # carry the [K, V] state across chunks (unbind, not indexing: its backward stays linear)
     for q_i, k_i, v_i, d_i in zip(*(t.unbind(2) for t in (q_in, k_out, v, chunk_decay))):
         inter.append(q_i @ S)  # [B, H, C, V]
-        S = d_i.unsqueeze(-1).to(S.dtype) * S + matmul_tn(k_i, v_i)
+        S = d_i.unsqueeze(-1).to(S.dtype) * S + k_i.transpose(-1, -2) @ v_i
     o = o + torch.stack(inter, dim=2)
     return o.reshape(b, h, n * c, dv)[:, :, :l], S
 
@@ -197,7 +197,7 @@ def chunk_delta_rule(
     for U0_i, W_i, q_i, QK_i, k_i, decay_i in zip(U0, W, q_in, QK, k_out, G[..., -1].exp()):
         U = U0_i - W_i @ S  # [B, H, C, V]
         out.append(q_i @ S + QK_i @ U)
-        S = decay_i[..., None, None] * S + matmul_tn(k_i, U)
+        S = decay_i[..., None, None] * S + k_i.transpose(-1, -2) @ U
     o = torch.stack(out).permute(1, 2, 0, 3, 4).reshape(b, h, n * c, dv)
     return o[:, :, :l].to(dtype), S
 
