@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoology.errors import FieldError
-from zoology.mixers._ops import group_norm, matmul_nt, matmul_tn, unit_lower_inverse
+from zoology.mixers._ops import group_norm, matmul_nt, unit_lower_inverse
 
 
 def chunk_rwkv7(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
@@ -87,9 +87,9 @@ def chunk_rwkv7(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.T
     # the whole input per chunk, which made the backward quadratic in length)
     chunks = (t.unbind(2) for t in (reads, locals_, G_end.exp(), writes, v))
     for read_c, local_c, decay_c, write_c, v_c in zip(*chunks):
-        ou = matmul_nt(read_c, S) + local_c  # [B, H, 2C, N(v)]: the outputs, then u
+        ou = read_c @ S.transpose(-1, -2) + local_c  # [B, H, 2C, N(v)]: the outputs, then u
         outs.append(ou[:, :, :C])
-        S = S * decay_c + matmul_tn(torch.cat([ou[:, :, C:], v_c], dim=2), write_c)
+        S = S * decay_c + torch.cat([ou[:, :, C:], v_c], dim=2).transpose(-1, -2) @ write_c
     return torch.stack(outs, dim=2).reshape(B, H, n * C, N)[:, :, :L]
 
 
