@@ -216,8 +216,9 @@ class RWKV7(nn.Module):
         and gate g, each [..., D]."""
         xr, xw, xk, _, xa, xg = mixed
         r, k = self.receptance(xr), self.key(xk)
-        omega = F.logsigmoid(self.w0 + torch.tanh(xw @ self.w1) @ self.w2) - 0.5  # -softplus(-z) = log σ(z)
-        logw = -torch.exp(omega.float())  # log decay per channel: decay in (0.545, 1)
+        # ω = -softplus(-z) - 0.5 = log σ(z) - 0.5, so the log decay -e^ω is -e^{-0.5} σ(z)
+        z = self.w0 + torch.tanh(xw @ self.w1) @ self.w2
+        logw = torch.sigmoid(z.float()) * -math.exp(-0.5)  # log decay per channel: decay in (0.545, 1)
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
         kappa = F.normalize((k * self.k_k).unflatten(-1, (self.num_heads, self.head_dim)), dim=-1).flatten(-2)
