@@ -64,7 +64,8 @@ def test_bench_ops_times_a_mixer_op_by_op_with_operand_layouts():
     kinds = {r["kind"] for r in rows}
     assert "matmul" in kinds and "view" in kinds  # the projections; the head reshapes
     assert all(r["calls"] >= 1 and r["operands"] for r in rows if r["kind"] != "view")
-    assert "ms per step" in summarize_ops(rows)
+    assert {r["phase"] for r in rows} == {"fwd", "bwd"}
+    assert "ms per step" in summarize_ops(rows) and "backward" in summarize_ops(rows)
 
 
 def test_bench_ops_flags_elementwise_ops_on_strided_operands():
@@ -75,7 +76,7 @@ def test_bench_ops_flags_elementwise_ops_on_strided_operands():
         a * a
         a * a.transpose(-1, -2)
         a @ a.transpose(-1, -2)
-    keys = {(op, operands, kind) for op, operands, kind in timer.stats}
+    keys = {(op, operands, kind) for op, operands, kind, _ in timer.stats}
     assert ("mul", "4×8×8 c · 4×8×8 c", "elementwise") in keys
     assert ("mul", "4×8×8 c · 4×8×8 t", "elementwise") in keys
     assert any(kind == "matmul" for _, _, kind in keys)

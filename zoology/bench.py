@@ -164,12 +164,14 @@ def _op_kind(func: Any) -> str:
 
 
 class _OpTimer(TorchDispatchMode):
-    """Times every aten op run under it (synchronising a GPU around each), keyed by op and operands."""
+    """Times every aten op run under it (synchronising a GPU around each), keyed by op,
+    operands, kind and ``phase`` (set by the caller: forward or backward)."""
 
     def __init__(self, sync: bool) -> None:
         super().__init__()
         self.sync = sync
-        self.stats: dict[tuple[str, str, str], list[float]] = collections.defaultdict(lambda: [0.0, 0])
+        self.phase = "fwd"
+        self.stats: dict[tuple[str, str, str, str], list[float]] = collections.defaultdict(lambda: [0.0, 0])
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if self.sync:
@@ -182,7 +184,7 @@ class _OpTimer(TorchDispatchMode):
         tensors = [a for a in tree_leaves(args) if isinstance(a, torch.Tensor)]
         shown = [f"{'×'.join(map(str, t.shape)) or 'scalar'} {layout(t)}" for t in tensors[:3]]
         operands = " · ".join(shown + ([f"+{len(tensors) - 3}"] if len(tensors) > 3 else []))
-        stat = self.stats[(func.overloadpacket.__name__, operands, _op_kind(func))]
+        stat = self.stats[(func.overloadpacket.__name__, operands, _op_kind(func), self.phase)]
         stat[0] += elapsed
         stat[1] += 1
         return out
@@ -192,7 +194,7 @@ def bench_ops(name: str, length: int = 256, d_model: int = 128, tokens_per_batch
               device: str = "cpu") -> Iterator[dict[str, Any]]:
     """One row per (op, operands) of one step of mixer ``name`` (forward + backward, fp32, the
     shapes of ``bench mixers``), slowest first: milliseconds and calls per step, the share of the
-    step, the op's kind (matmul, elementwise, copy, view) and ``strided``: an elementwise op
+    step, the op's kind (matmul, elementwise, copy, view), its phase (fwd, bwd) and ``strided``: an elementwise op
     with an operand that is neither row-major nor broadcast — the ones a different layout
     upstream can often speed up several times on CPU (see docs/performance.md).
 
@@ -209,23 +211,28 @@ def bench_ops(name: str, length: int = 256, d_model: int = 128, tokens_per_batch
     timer = _OpTimer(sync=x.is_cuda)
     with timer:
         for _ in range(steps):
-            mixer(x).backward(grad)
+            timer.phase = "fwd"
+            y = mixer(x)
+            timer.phase = "bwd"
+            y.backward(grad)
     total = sum(seconds for seconds, _ in timer.stats.values())
-    for (op, operands, kind), (seconds, calls) in sorted(timer.stats.items(), key=lambda kv: -kv[1][0]):
+    for (op, operands, kind, phase), (seconds, calls) in sorted(timer.stats.items(), key=lambda kv: -kv[1][0]):
         letters = [part.rsplit(" ", 1)[-1] for part in operands.split(" · ") if " " in part]
-        yield {"op": op, "operands": operands, "kind": kind, "calls": round(calls / steps),
+        yield {"op": op, "operands": operands, "kind": kind, "phase": phase, "calls": round(calls / steps),
                "ms_per_step": round(seconds / steps * 1000, 2), "share": round(seconds / total, 4),
                "strided": kind == "elementwise" and any(c in "tsx" for c in letters)}
 
 
 def summarize_ops(rows: list[dict[str, Any]]) -> str:
-    """Totals of :func:`bench_ops` rows by kind, one line."""
-    ms = collections.Counter()
+    """Totals of :func:`bench_ops` rows by phase and by kind, one line."""
+    ms, phases = collections.Counter(), collections.Counter()
     for r in rows:
         ms["strided elementwise" if r["strided"] else r["kind"]] += r["ms_per_step"]
+        phases[r["phase"]] += r["ms_per_step"]
     total = sum(ms.values())
     parts = ", ".join(f"{kind} {v:.1f} ({v / total:.0%})" for kind, v in ms.most_common())
-    return f"{total:.1f} ms per step (each op timed alone): {parts}"
+    return (f"{total:.1f} ms per step (each op timed alone; forward {phases['fwd']:.1f}, backward "
+            f"{phases['bwd']:.1f}): {parts}")
 
 
 def format_rows(rows: list[dict[str, Any]], width: int | None = None) -> str:
