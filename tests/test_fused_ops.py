@@ -1,5 +1,5 @@
 """The hand-written or rewritten ops in ``zoology.mixers._ops`` (short convolution, RMSNorm,
-group norm, decay matrices, transposed products) equal the plain PyTorch expressions they replace, in value and
+group norm, decay matrices, transposed products, the unit-lower inverse) equal the plain PyTorch expressions they replace, in value and
 gradient, and work under vmap (packed training stacks models with ``torch.func``)."""
 
 import pytest
@@ -13,6 +13,7 @@ from zoology.mixers._ops import (
     group_norm,
     matmul_nt,
     rms_norm,
+    unit_lower_inverse,
 )
 
 F64 = torch.float64
@@ -182,3 +183,25 @@ def test_matmul_nt_under_vmap_matches_per_member():
         want = grad(lambda a, b: (a @ b.transpose(-1, -2)).sin().sum(), argnums=(0, 1))(a[i], b[i])
         for x, w in zip(got, want):
             torch.testing.assert_close(x[i], w, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("c", [1, 2, 5, 16])
+def test_unit_lower_inverse_value_and_gradient_are_the_inverse(c):
+    torch.manual_seed(0)
+    L = (torch.randn(3, 2, c, c, dtype=F64) * 0.3).tril(-1).requires_grad_()
+    T = unit_lower_inverse(L)
+    ref = torch.linalg.inv(torch.eye(c, dtype=F64) + L)
+    torch.testing.assert_close(T, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(T)
+    got, want = torch.autograd.grad(T, L, g)[0], torch.autograd.grad(ref, L, g)[0]
+    torch.testing.assert_close(got, want.tril(-1), rtol=0, atol=1e-12)  # L can only be strictly lower
+    assert torch.autograd.gradcheck(lambda x: unit_lower_inverse(x.tril(-1)), (L.detach().clone().requires_grad_(),))
+
+
+def test_unit_lower_inverse_under_vmap_matches_per_member():
+    torch.manual_seed(0)
+    L = torch.randn(4, 2, 6, 6, dtype=F64) * 0.3
+    loss = lambda x: unit_lower_inverse(x.tril(-1)).sin().sum()  # noqa: E731
+    got = vmap(grad(loss))(L)
+    for i in range(4):
+        torch.testing.assert_close(got[i], grad(loss)(L[i]), rtol=0, atol=1e-12)

@@ -130,18 +130,41 @@ def chunk_linear_attention(
     return o.reshape(b, h, n * c, dv)[:, :, :l], S
 
 
+class _UnitLowerInverse(torch.autograd.Function):
+    """(I + L)⁻¹ by the doubling series, with the inverse's own gradient: for T = (I + L)⁻¹,
+    dT = -T dL T, so the gradient w.r.t. L is -Tᵀ g Tᵀ (its strictly lower part) — two
+    products instead of autograd's trip back through the 2·log2(C) products of the series."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(L: torch.Tensor) -> torch.Tensor:
+        c = L.shape[-1]
+        T = torch.eye(c, dtype=L.dtype, device=L.device) - L  # the terms m < 2
+        P, s = L, 1
+        while 2 * s < c:  # T holds the terms m < 2s
+            P = P @ P  # L^(2s)
+            T = T + T @ P
+            s *= 2
+        return T
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (T,) = ctx.saved_tensors
+        Tt = T.transpose(-1, -2)
+        return -(Tt @ g.to(T.dtype) @ Tt).tril(-1)
+
+
 def unit_lower_inverse(L: torch.Tensor) -> torch.Tensor:
     """(I + L)⁻¹ for strictly lower-triangular L [..., C, C], as (I - L)(I + L²)(I + L⁴)⋯:
     L is nilpotent (L^C = 0), so the product is the whole series Σ (-L)^m, in log2(C) pairs of
-    batched matrix products: on CPU far cheaper than a batched triangular solve."""
-    c = L.shape[-1]
-    T = torch.eye(c, dtype=L.dtype, device=L.device) - L  # the terms m < 2
-    P, s = L, 1
-    while 2 * s < c:  # T holds the terms m < 2s
-        P = P @ P  # L^(2s)
-        T = T + T @ P
-        s *= 2
-    return T
+    batched matrix products: on CPU far cheaper than a batched triangular solve. The gradient
+    w.r.t. L is the strictly lower part of -Tᵀ g Tᵀ (what L can be)."""
+    return _UnitLowerInverse.apply(L)
 
 
 def chunk_delta_rule(
