@@ -85,29 +85,37 @@ class _IntraChunk(torch.autograd.Function):
     @staticmethod
     def forward(q, k, v, Gk, Gv):
         o = (q * k).sum(-1, keepdim=True) * v  # j = i: nothing has decayed yet
+        decays = []  # each level's factors, kept for the backward (exp is the costly op here)
         s = 1
         while s < q.shape[-2]:
             (_, q2), (k1, _), (v1, _) = _halves(q, s), _halves(k, s), _halves(v, s)
             if Gk is not None:
                 to_i, from_j = _decays(Gk, s)
+                decays += [to_i, from_j]
                 q2, k1 = q2 * to_i, k1 * from_j
             A = q2 @ k1.transpose(-1, -2)  # [..., C/2s, s(i), s(j)]
             if Gv is None:
                 add = _mm(A, v1)
             else:
                 to_i, from_j = _decays(Gv, s)
+                decays += [to_i, from_j]
                 add = _mm(A, v1 * from_j) * to_i
             _halves(o, s)[1].add_(add)
             s *= 2
-        return o
+        return (o, *decays)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+        ctx.save_for_backward(*inputs, *output[1:])
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx, go):
-        q, k, v, Gk, Gv = ctx.saved_tensors
+    def backward(ctx, go, *_):
+        q, k, v, Gk, Gv, *saved = ctx.saved_tensors
+        decays = iter(saved)
+        if go is None:
+            return None, None, None, None, None
         go = go.contiguous()
         d = (q * k).sum(-1, keepdim=True)
         gd = (go * v).sum(-1, keepdim=True)
@@ -118,14 +126,14 @@ class _IntraChunk(torch.autograd.Function):
             (_, q2), (k1, _), (v1, _), (_, go2) = _halves(q, s), _halves(k, s), _halves(v, s), _halves(go, s)
             (_, gq2), (gk1, _), (gv1, _) = _halves(gq, s), _halves(gk, s), _halves(gv, s)
             if Gk is not None:
-                k_to_i, k_from_j = _decays(Gk, s)
+                k_to_i, k_from_j = next(decays), next(decays)
                 q2, k1 = q2 * k_to_i, k1 * k_from_j
             A = q2 @ k1.transpose(-1, -2)
             if Gv is None:
                 gA = go2 @ v1.transpose(-1, -2)
                 gv1 += _mm(A.transpose(-1, -2), go2)
             else:  # add = P ⊙ to_i with P = A (v1 ⊙ from_j)
-                to_i, from_j = _decays(Gv, s)
+                to_i, from_j = next(decays), next(decays)
                 v1 = v1 * from_j
                 gP = go2 * to_i
                 gv1_scaled = _mm(A.transpose(-1, -2), gP)
@@ -179,7 +187,7 @@ def chunk_gated_attention(
     q, k, v = chunks(q), chunks(k), chunks(v)
     Gk = None if gk is None else chunks(gk).cumsum(3)  # [B, H, N, C, K]
     Gv = None if gv is None else chunks(gv).cumsum(3)  # [B, H, N, C, V]
-    o = _IntraChunk.apply(q, k, v, Gk, Gv)  # [B, H, N, C, V]
+    o = _IntraChunk.apply(q, k, v, Gk, Gv)[0]  # [B, H, N, C, V]
 
     n = q.shape[2]
     if Gk is None:
