@@ -73,7 +73,8 @@ class _IntraChunk(torch.autograd.Function):
     """o_i = Σ_{j≤i} (Σ_d q_id k_jd e^{Gk_id - Gk_jd}) v_j ⊙ e^{Gv_i - Gv_j} within each chunk.
 
     q, k, Gk: [..., C, K]; v, Gv: [..., C, V] (Gk, Gv cumulative from the chunk start, or
-    None for no decay). Returns [..., C, V]. Level s (s = 1, 2, 4, …) adds the pairs with j in
+    None for no decay). Returns (o [..., C, V], then each level's decay factors, which the
+    backward reuses: callers take [0]). Level s (s = 1, 2, 4, …) adds the pairs with j in
     the first and i in the second half of an aligned block of 2s rows, as matrix products of
     rescaled queries and keys (module docstring). The backward is written out: it adds each
     level's gradients into the halves of whole-size gradient tensors in place, where autograd
