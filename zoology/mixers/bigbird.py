@@ -57,6 +57,7 @@ class BigBird(_QKV):
         self,
         d_model: int,
         layer_idx: int = 0,
+        max_seq_len: int = 2048,
         block_size: int = 128,
         window_blocks: int = 3,
         global_blocks: int = 2,
@@ -73,7 +74,12 @@ class BigBird(_QKV):
         super().__init__(d_model, num_heads, 0, dropout)
         self.layer_idx, self.block_size, self.seed = layer_idx, block_size, seed
         self.window_blocks, self.global_blocks, self.random_blocks = window_blocks, global_blocks, random_blocks
-        self._tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # n_blocks → (blocks, valid)
+        # row i: the key blocks of query block i, the same for every length: drawn once, up to the
+        # model's length here (so that a vmapped forward, packed training, only reads them)
+        # (host data, on the CPU even when the model is built on the meta device)
+        self._blocks = torch.zeros(0, window_blocks + global_blocks + random_blocks, dtype=torch.long, device="cpu")
+        self._valid = torch.zeros(0, self._blocks.shape[1], dtype=torch.bool, device="cpu")
+        self._grow(-(-max_seq_len // block_size))
 
     def key_blocks(self, i: int) -> list[int]:
         """The key blocks query block i attends to (global, window, random), sorted, no repeats."""
@@ -81,22 +87,25 @@ class BigBird(_QKV):
         glob = range(min(self.global_blocks, i + 1))
         candidates = list(range(self.global_blocks, i - self.window_blocks + 1))  # before the window, after global
         g = torch.Generator().manual_seed(1_000_003 * self.seed + 7919 * self.layer_idx + i)
-        picks = torch.randperm(len(candidates), generator=g)[: self.random_blocks].tolist()
+        picks = torch.randperm(len(candidates), generator=g, device="cpu")[: self.random_blocks].tolist()
         return sorted({*window, *glob, *(candidates[p] for p in picks)})
+
+    def _grow(self, n_blocks: int) -> None:
+        first = self._blocks.shape[0]
+        if n_blocks <= first:
+            return
+        blocks = torch.zeros(n_blocks - first, self._blocks.shape[1], dtype=torch.long, device="cpu")
+        valid = torch.zeros_like(blocks, dtype=torch.bool)
+        for row, i in enumerate(range(first, n_blocks)):
+            ks = self.key_blocks(i)
+            blocks[row, : len(ks)], valid[row, : len(ks)] = torch.tensor(ks, device="cpu"), True
+        self._blocks, self._valid = torch.cat([self._blocks, blocks]), torch.cat([self._valid, valid])
 
     def table(self, n_blocks: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """blocks [N, S] (key block indices per query block, padded with 0) and valid [N, S];
-        S = window_blocks + global_blocks + random_blocks. Cached per block count."""
-        if n_blocks not in self._tables:
-            width = self.window_blocks + self.global_blocks + self.random_blocks
-            blocks = torch.zeros(n_blocks, width, dtype=torch.long)
-            valid = torch.zeros(n_blocks, width, dtype=torch.bool)
-            for i in range(n_blocks):
-                ks = self.key_blocks(i)
-                blocks[i, : len(ks)], valid[i, : len(ks)] = torch.tensor(ks), True
-            self._tables[n_blocks] = (blocks, valid)
-        blocks, valid = self._tables[n_blocks]
-        return blocks.to(device), valid.to(device)
+        S = window_blocks + global_blocks + random_blocks."""
+        self._grow(n_blocks)
+        return self._blocks[:n_blocks].to(device), self._valid[:n_blocks].to(device)
 
     def pattern(self, seq_len: int) -> torch.Tensor:
         """[L, L] bool: which keys (columns) each query (row) attends to."""

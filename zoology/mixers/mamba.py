@@ -61,12 +61,17 @@ class _SelectiveScan(torch.autograd.Function):
     scan), and then
         gC_t = h_t gy_t,   gB_t = g_t (Δ_t x_t),   g(Δx)_t = g_tᵀ B_t,
         with u_t = g_t ⊙ a_t ⊙ h_{t-1}:   gΔ_t += Σ_n u_t ⊙ A,   gA = Σ_{b,t} u_t ⊙ Δ_t.
+
+    Packing (``torch.func``): the forward returns what the backward needs (the time-major
+    inputs and the block starts) as extra outputs, the backward is a Function of its own
+    (:class:`_ScanGradient`), and both have a vmap rule that folds the members of a pack
+    into the batch, with A one per example, so a pack runs one scan for all its members.
     """
 
     @staticmethod
     def _block(dt, A2, x, B, h0, a, hs):
-        """One block, time-major: dt, x [T, B, Di]; A2 = A·log₂e [N, Di]; B [T, B, N]; h0 [B, N, Di].
-        Fills the buffers a [T, B, N, Di] with the decays and hs [T, B, N, Di] with the states."""
+        """One block, time-major: dt, x [T, B, Di]; A2 = A·log₂e [N, Di] (or [B, N, Di]); B [T, B, N];
+        h0 [B, N, Di]. Fills the buffers a [T, B, N, Di] with the decays and hs [T, B, N, Di] with the states."""
         torch.mul(dt.unsqueeze(2), A2, out=a).exp2_()  # exp(Δ A) as 2^(Δ A log₂e): exp2 costs half of exp
         torch.mul(B.unsqueeze(-1), (dt * x).unsqueeze(2), out=hs)  # input terms, overwritten by the states
         # per-step views made once (an index per step costs more than the step at small batch)
@@ -76,20 +81,22 @@ class _SelectiveScan(torch.autograd.Function):
             h_t[t].addcmul_(a_t[t], h_t[t - 1])  # h_t = a_t ⊙ h_{t-1} + B_t (Δ_t x_t)ᵀ
 
     @staticmethod
-    def _buffers(x, A, block):
-        """Decays a [T, B, N, Di] and states hs [T, B, N, Di], reused by every block."""
-        return x.new_empty(block, x.shape[1], *A.shape), x.new_empty(block, x.shape[1], *A.shape)
+    def _buffers(x, n, block):
+        """Decays a [T, B, N, Di] and states hs [T, B, N, Di] for time-major x [L, B, Di], reused by every block."""
+        shape = (block, x.shape[1], n, x.shape[2])
+        return x.new_empty(shape), x.new_empty(shape)
 
     @staticmethod
-    def forward(ctx, dt, A, x, B, C, block):
-        # dt, x: [B, L, Di]; A: [Di, N]; B, C: [B, L, N] → y [B, L, Di]
-        dt, x, B, C = (t.transpose(0, 1).contiguous() for t in (dt, x, B, C))  # time-major: [L, B, *]
-        A = A.t().contiguous()  # [N, Di]
-        A2 = A * math.log2(math.e)
+    def forward(dt, A, x, B, C, block):
+        # dt, x: [B, L, Di]; A: [Di, N] (or [B, Di, N], one per example); B, C: [B, L, N]
+        # → y [B, L, Di], and for the backward: dt, x, B, C time-major ([L, B, *]) and the state
+        # before each block [L / T, B, N, Di]
+        dt, x, B, C = (t.transpose(0, 1).contiguous() for t in (dt, x, B, C))
+        A2 = A.transpose(-1, -2).contiguous().mul_(math.log2(math.e))  # [(B,) N, Di]
         L, b, di = x.shape
-        a_buf, h_buf = _SelectiveScan._buffers(x, A, block)
+        a_buf, h_buf = _SelectiveScan._buffers(x, A.shape[-1], block)
         y = x.new_empty(L * b, 1, di)
-        starts = x.new_empty(-(-L // block), b, *A.shape)  # the state before each block
+        starts = x.new_empty(-(-L // block), *h_buf.shape[1:])
         starts[0].zero_()
         for i, s in enumerate(range(0, L, block)):
             sl = slice(s, s + block)
@@ -100,30 +107,74 @@ class _SelectiveScan(torch.autograd.Function):
             torch.bmm(C[sl].reshape(t * b, 1, -1), hs.view(t * b, -1, di), out=y[s * b:(s + t) * b])
             if i + 1 < starts.shape[0]:
                 starts[i + 1] = hs[-1]
-        ctx.save_for_backward(dt, A, A2, x, B, C, starts)
-        ctx.block = block
-        return y.view(L, b, di).transpose(0, 1)
+        return y.view(L, b, di).transpose(0, 1), dt, x, B, C, starts
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, gy):
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)  # no zero gradients for those: starts alone is [L / T, B, N, Di]
+        ctx.save_for_backward(inputs[1], *output[1:])
+        ctx.block = inputs[-1]
+
+    @staticmethod
+    def backward(ctx, gy, *_):
+        if gy is None:
+            return None, None, None, None, None, None
+        return *_ScanGradient.apply(gy, *ctx.saved_tensors, ctx.block), None
+
+    @staticmethod
+    def vmap(info, in_dims, dt, A, x, B, C, block):
+        k = info.batch_size
+        dt, x, B, C = (_fold(t, d, k, 0) for t, d in zip((dt, x, B, C), (in_dims[0], *in_dims[2:5])))
+        A, _ = _per_example(A, in_dims[1], k, dt.shape[0] // k)
+        y, *saved = _SelectiveScan.forward(dt, A, x, B, C, _folded_block(block, k, dt))
+        return (y.unflatten(0, (k, -1)), *(t.unflatten(1, (k, -1)) for t in saved)), (0, 1, 1, 1, 1, 1)
+
+
+class _ScanGradient(torch.autograd.Function):
+    """The gradients of :class:`_SelectiveScan` (a Function of its own so that it, too, has a vmap rule)."""
+
+    @staticmethod
+    def forward(gy, A, dt, x, B, C, starts, block):
+        # gy [B, L, Di]; A [(B,) Di, N]; dt, x, B, C time-major; starts [L / T, B, N, Di]
         with torch.autocast(gy.device.type, enabled=False):  # as in forward: float32 at least throughout
-            return _SelectiveScan._backward(ctx, gy)
+            return _ScanGradient._gradients(gy, A, dt, x, B, C, starts, block)
 
     @staticmethod
-    def _backward(ctx, gy):
-        dt, A, A2, x, B, C, starts = ctx.saved_tensors
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("Mamba's selective scan can be differentiated once only")
+
+    @staticmethod
+    def vmap(info, in_dims, gy, A, dt, x, B, C, starts, block):
+        k = info.batch_size
+        gy = _fold(gy, in_dims[0], k, 0)
+        dt, x, B, C, starts = (_fold(t, d, k, 1) for t, d in zip((dt, x, B, C, starts), in_dims[2:7]))
+        A, shared = _per_example(A, in_dims[1], k, gy.shape[0] // k)
+        g_dt, g_A, g_x, g_B, g_C = _ScanGradient.forward(gy, A, dt, x, B, C, starts, _folded_block(block, k, gy))
+        g_A = g_A.unflatten(0, (k, -1))
+        return (g_dt.unflatten(0, (k, -1)), g_A.sum(1) if shared else g_A, *(g.unflatten(0, (k, -1)) for g in
+                (g_x, g_B, g_C))), (0, 0, 0, 0, 0)
+
+    @staticmethod
+    def _gradients(gy, A, dt, x, B, C, starts, block):
         gy = gy.to(x.dtype).transpose(0, 1).contiguous()  # [L, B, Di]
+        A = A.transpose(-1, -2).contiguous()  # [(B,) N, Di]
+        A2 = A * math.log2(math.e)
         L, b, di = x.shape
-        n = A.shape[0]
+        n = A.shape[-2]
         g_dt, g_x, g_B, g_C = (torch.empty_like(t) for t in (dt, x, B, C))
         g_A = torch.zeros_like(A)
-        a_buf, h_buf = _SelectiveScan._buffers(x, A, ctx.block)
+        per_example = (0,) if A.dim() == 3 else (0, 1)  # sum over positions (and examples, for a shared A)
+        a_buf, h_buf = _SelectiveScan._buffers(x, n, block)
         g_buf = torch.empty_like(a_buf)
         g_h = x.new_zeros(b, n, di)  # gradient w.r.t. the state at the end of the block, from later blocks
         for i in reversed(range(starts.shape[0])):
-            sl = slice(i * ctx.block, (i + 1) * ctx.block)
-            t = min(ctx.block, L - i * ctx.block)
+            sl = slice(i * block, (i + 1) * block)
+            t = min(block, L - i * block)
             a, hs, g = a_buf[:t], h_buf[:t], g_buf[:t]
             _SelectiveScan._block(dt[sl], A2, x[sl], B[sl], starts[i], a, hs)
             torch.mul(C[sl].unsqueeze(-1), gy[sl].unsqueeze(2), out=g)  # C_t gy_tᵀ
@@ -142,12 +193,35 @@ class _SelectiveScan(torch.autograd.Function):
             u = g.mul_(a)
             u[1:].mul_(hs[:-1])
             u[0].mul_(starts[i])
-            g_A += torch.mul(u, dt[sl].unsqueeze(2), out=a).sum((0, 1))
+            g_A += torch.mul(u, dt[sl].unsqueeze(2), out=a).sum(per_example)
             torch.sum(u.mul_(A), 2, out=g_dt[sl])
             g_dt[sl].addcmul_(g_dtx, x[sl])
             torch.mul(g_dtx, dt[sl], out=g_x[sl])
         g_dt, g_x, g_B, g_C = (t.transpose(0, 1) for t in (g_dt, g_x, g_B, g_C))
-        return g_dt, g_A.t(), g_x, g_B, g_C, None
+        return g_dt, g_A.transpose(-1, -2), g_x, g_B, g_C
+
+
+def _fold(t: torch.Tensor, dim: int | None, k: int, at: int) -> torch.Tensor:
+    """A vmapped tensor's member dimension (``dim``; None: not vmapped, shared by the members)
+    folded into its batch dimension at ``at``: members one after another."""
+    t = t.unsqueeze(at).expand(*t.shape[:at], k, *t.shape[at:]) if dim is None else t.movedim(dim, at)
+    return t.flatten(at, at + 1)
+
+
+def _per_example(A: torch.Tensor, dim: int | None, k: int, b: int) -> tuple[torch.Tensor, bool]:
+    """A vmapped A ([K, Di, N] or [K, B, Di, N]) as one per example of the folded batch [K·B, Di, N],
+    and whether it was one per member (its gradient is then summed over each member's examples)."""
+    A = A.unsqueeze(0).expand(k, *A.shape) if dim is None else A.movedim(dim, 0)
+    shared = A.dim() == 3
+    if shared:
+        A = A.unsqueeze(1).expand(k, b, *A.shape[1:])
+    return A.reshape(k * b, *A.shape[2:]), shared
+
+
+def _folded_block(block: int, k: int, like: torch.Tensor) -> int:
+    """Positions per block when k members share the batch: on CPU as many fewer as keeps the
+    buffers the size a solo run uses (cache), elsewhere the same (fewer kernel launches)."""
+    return max(1, block // k) if like.device.type == "cpu" else block
 
 
 def selective_scan(dt: torch.Tensor, A: torch.Tensor, x: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -172,7 +246,7 @@ def selective_scan(dt: torch.Tensor, A: torch.Tensor, x: torch.Tensor, B: torch.
     block = max(1, min(l, block_elements // (min(b, b_step) * state)))
     with torch.autocast(x.device.type, enabled=False):
         dt, A, x, B, C = (t.to(wide) for t in (dt, A, x, B, C))
-        ys = [_SelectiveScan.apply(dt[i:i + b_step], A, x[i:i + b_step], B[i:i + b_step], C[i:i + b_step], block)
+        ys = [_SelectiveScan.apply(dt[i:i + b_step], A, x[i:i + b_step], B[i:i + b_step], C[i:i + b_step], block)[0]
               for i in range(0, b, b_step)]
         y = ys[0] if len(ys) == 1 else torch.cat(ys)
     return y.to(dtype)

@@ -4,7 +4,7 @@ import pytest
 from zoology_example import GRU, MultiHopRecall
 
 from zoology import FieldError, load_registry
-from zoology.testing import check_mixer, check_task
+from zoology.testing import check_mixer, check_packable, check_task
 
 PARAMS = {"vocab_size": 32, "input_seq_len": 24, "num_examples": 64, "num_chains": 3, "hops": 2}
 
@@ -15,6 +15,10 @@ def test_task_conformance():
 
 def test_mixer_conformance():
     check_mixer(GRU, hidden_size=24, num_layers=2)
+
+
+def test_mixer_packs():
+    check_packable(GRU, hidden_size=24, num_layers=2)
 
 
 def follow(context: list[int], key: int, hops: int) -> int:
