@@ -5,7 +5,9 @@
 # --pack 8 / 32 / 128: steps/s and model-steps/s of its real training step; the same for
 # examples/mqar_mamba.toml solo vs --pack 32 (Mamba's scan folds a pack into its batch) — and
 # mixers.json — `zoology bench mixers` on the GPU (fp32, d_model 128, L = 64…4096) — and
-# prints both. Nothing trains to the end: a few minutes on one H200.
+# prints both. Nothing trains to the end: a few minutes on one H200. With FIGURE2=1 it also
+# writes figure2.json: `zoology bench sweep examples/zoology_figure2.toml --pack 4`, the
+# Figure-2 sweep's estimated wall time solo and packed (84 groups timed: allow ~10 minutes).
 set -euo pipefail
 out=${1:-gpu_check}
 mkdir -p "$out"
@@ -26,3 +28,7 @@ for r in packs:
 for r in json.loads((out / "mixers.json").read_text()):
     print(f"{r['mixer']:26s} L={r['seq_len']:5d} {r['tokens_per_s']:>11,d} tokens/s  vs attention {r.get('vs_attention', '-')}")
 PY
+if [ "${FIGURE2:-0}" = 1 ]; then
+  zoology bench sweep examples/zoology_figure2.toml --pack 4 --json -q > "$out/figure2.json"
+  python -c 'import json, sys; t = json.load(open(sys.argv[1]))[-1]; print("Figure 2 sweep:", t["runs"], "runs, solo", t["solo_estimate"], "| --pack 4", t["packed_estimate"], "(%sx)" % t["speedup"])' "$out/figure2.json"
+fi

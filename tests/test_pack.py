@@ -328,6 +328,27 @@ def test_bench_train_prints_figures(write, capsys):
     assert rows[0]["vs_solo"] == 1.0
 
 
+def test_bench_sweep_estimates_each_group_and_the_total(write, capsys):
+    """Two widths × three packable points: two groups of three runs; with --pack 2 each
+    group packs as 2 + 1."""
+    path = write(EXP + '[sweep.width]\n"model.d_model" = [16, 32]\n')
+    assert main(["bench", "sweep", str(path), "--pack", "2", "--steps", "2", "--json", "-q", "--threads", "1"]) == 0
+    *groups, total = json.loads(capsys.readouterr().out)
+    assert len(groups) == 2 and total["group"] == "total" and total["runs"] == 6
+    for g in groups:
+        assert (g["runs"], g["steps_per_epoch"], g["max_epochs"], g["pack"]) == (3, 25, 2, 2)
+        steps_alone = 3 * 2 * 25 * g["solo_ms_per_step"] / 1000  # every run's steps, nothing else
+        # (estimates are rounded to 0.01 s)
+        assert steps_alone - 0.01 <= g["solo_estimate_s"] <= steps_alone + 3 * (g["start_s"] + 3 * g["eval_s"] + 2 * g["checkpoint_s"]) + 0.2
+        pack_steps = 2 * 25 * g["pack_ms_per_step"] / 1000 + 2 * 25 * g["solo_ms_per_step"] / 1000  # a pack of 2, one solo
+        assert pack_steps - 0.01 <= g["packed_estimate_s"]
+    assert total["solo_estimate_s"] == pytest.approx(sum(g["solo_estimate_s"] for g in groups), abs=0.02)
+    assert total["packed_estimate_s"] == pytest.approx(sum(g["packed_estimate_s"] for g in groups), abs=0.02)
+    assert total["speedup"] == pytest.approx(total["solo_estimate_s"] / total["packed_estimate_s"], rel=0.02)
+    assert main(["bench", "sweep"]) == 2
+    assert main(["bench", "mixers", "attention", "--steps", "3"]) == 2
+
+
 def test_a_mixer_with_an_auxiliary_loss_trains_unpacked(write):
     """The stacked step optimizes the cross-entropy alone, so a model whose mixer adds an
     auxiliary loss (sigmoid_lookups) is refused by the probe, naming the mixer."""

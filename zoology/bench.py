@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import statistics
 import tempfile
 import time
@@ -252,43 +253,166 @@ def bench_train(experiment: Path, overrides: list[str] = (), pack: int = 1, step
     take turns at ``steps`` steps, ``repeats`` times; each row reports its fastest turn (a
     loaded machine slows some turns, never speeds one up). Batches come from each copy's own
     loader, fetched beforehand. Nothing is logged; run directories live in a temporary folder."""
-    from zoology import pack as packing
-    from zoology.config import SEED_MAX, LoggingConfig, load_points
-    from zoology.runs import RunDir
-    from zoology.train import Trainer
+    from zoology.config import load_points
 
     _, exp = load_points(experiment, list(overrides))[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        timed = _time_steps(exp, sorted({1, pack}), steps, warmup, repeats, tmp)
+    solo = 1 / timed.seconds[1]
+    for k in sorted({1, pack}):
+        row: dict[str, Any] = {"experiment": exp.name, "pack": k, "steps": steps}
+        if k in timed.seconds:
+            rate = 1 / timed.seconds[k]
+            row.update(steps_per_s=round(rate, 2), model_steps_per_s=round(k * rate, 2), vs_solo=round(k * rate / solo, 2))
+        else:
+            row["note"] = timed.notes[k]
+        yield row
+
+
+@attrs.define
+class _Timed:
+    seconds: dict[int, float]  # pack size (1: solo) → seconds per training step, the fastest turn's
+    notes: dict[int, str]  # pack size → why it could not be timed (the model cannot pack)
+    start: dict[int, float]  # pack size → one-off seconds before steady steps (a pack's probe, first steps)
+    eval_seconds: float  # one evaluation of the whole validation set, solo
+    checkpoint_seconds: float  # one checkpoint written, solo
+    steps_per_epoch: int  # optimizer steps in one training epoch
+
+
+def _time_steps(exp: Any, sizes: list[int], steps: int, warmup: int, repeats: int, tmp: str,
+                typical: bool = False) -> _Timed:
+    """Seconds per training step of ``exp`` solo and as packs of the other ``sizes`` (copies
+    with seeds seed … seed+K-1), taking turns ``repeats`` times after ``warmup`` untimed steps
+    (the fastest turn, or with ``typical`` the median one); the one-off seconds of starting
+    each; and the seconds of one solo evaluation of the validation set and of one checkpoint."""
+    from zoology import pack as packing
+    from zoology.config import SEED_MAX, LoggingConfig
+    from zoology.runs import RunDir
+    from zoology.train import Trainer, evaluate
+
     exp = attrs.evolve(exp, logging=LoggingConfig(),
                        train=attrs.evolve(exp.train, early_stopping=None, checkpoint_every=0))
-    rows: dict[int, dict[str, Any]] = {}
+    if not exp.data.cache_dir:  # the copies' data are the same: generated once, then read
+        exp = attrs.evolve(exp, data=attrs.evolve(exp.data, cache_dir=os.path.join(tmp, "data")))
     turns: dict[int, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp, packing.expected_warnings():
-        for k in sorted({1, pack}):
-            rows[k] = {"experiment": exp.name, "pack": k, "steps": steps}
+    notes: dict[int, str] = {}
+    start: dict[int, float] = {}
+    eval_seconds, checkpoint_seconds, per_epoch = 0.0, 0.0, 0
+    with packing.expected_warnings():
+        for k in sizes:
             unused: set[str] = set()
+            before = time.perf_counter()
             if k > 1:
                 problem, unused = packing.probe(exp)
                 if problem is not None:
-                    rows[k]["note"] = problem
+                    notes[k] = problem
                     continue
             members = [Trainer(attrs.evolve(exp, run_id=f"m{i}", train=attrs.evolve(
                 exp.train, seed=(exp.train.seed + i) % (SEED_MAX + 1))), RunDir(tmp, f"pack{k}", f"m{i}"), quiet=True)
                 for i in range(k)]
             for m in members:
                 m.restore()
+            setup = time.perf_counter() - before  # the probe, data and models: once per run or pack
+            if k == 1:
+                m = members[0]
+                per_epoch = len(m.train_loader) // exp.train.gradient_accumulation_steps
+                with m.precision.autocast():
+                    t0 = time.perf_counter()
+                    evaluate(m.model, m.valid_loader, m.splits["valid"], m.acc, "valid")
+                    eval_seconds = time.perf_counter() - t0
+            for m in members:
                 m.valid_loader = list(itertools.islice(m.valid_loader, 1))  # the untimed evaluation: one batch
             turns[k] = _turn(members, [_batches(m, warmup + steps) for m in members], warmup, unused)
-            turns[k](warm=True)
+            start[k] = setup + turns[k](warm=True)  # the warm-up steps' steady share is taken off below
+            if k == 1:
+                m = members[0]
+                m.best_state = {n: t.detach().clone() for n, t in m.acc.unwrap_model(m.model).state_dict().items()}
+                t0 = time.perf_counter()
+                m.save_checkpoint(1)
+                checkpoint_seconds = time.perf_counter() - t0
         seconds: dict[int, list[float]] = {k: [] for k in turns}
         for _ in range(repeats):
             for k, turn in turns.items():
                 seconds[k].append(turn())
-    solo = steps / min(seconds[1])
-    for k, row in rows.items():
-        if k in seconds:
-            rate = steps / min(seconds[k])
-            row.update(steps_per_s=round(rate, 2), model_steps_per_s=round(k * rate, 2), vs_solo=round(k * rate / solo, 2))
-        yield row
+    per_step = {k: (statistics.median(t) if typical else min(t)) / steps for k, t in seconds.items()}
+    start = {k: max(0.0, s - warmup * per_step[k]) for k, s in start.items()}
+    return _Timed(per_step, notes, start, eval_seconds, checkpoint_seconds, per_epoch)
+
+
+def bench_sweep(experiment: Path, overrides: list[str] = (), pack: int = 1, steps: int = 10,
+                warmup: int = 2) -> Iterator[dict[str, Any]]:
+    """The wall time that training every run of ``experiment`` would take here, one run after
+    another and (``pack`` K > 1) as ``zoology run --pack K`` packs it, estimated from a few
+    timed steps: one row per group of runs that share every shape (they differ only in what
+    a pack lets members differ in: seeds, learning rate, ...; so a step costs them the same),
+    then a ``total`` row.
+
+    For each group one run is timed: three turns of ``steps`` training steps after ``warmup``,
+    the median turn (solo, and as a pack of min(K, runs in the group)), its start (data, model, a pack's probe, the warm-up
+    steps' one-off costs), one evaluation of its validation set and one checkpoint. A run's
+    estimate is its start + max_epochs × (steps per epoch × seconds per step + an evaluation)
+    + its checkpoints + a final evaluation (the test split, taken to cost what the validation
+    split does); a pack's, its start + its longest member's epochs × steps per epoch × the
+    pack's seconds per step + every member's evaluations and checkpoints (members evaluate
+    and save one after another). An upper bound where early stopping ends runs sooner; the
+    process's own start-up (importing torch: once per ``zoology run`` or worker) is left out."""
+    from zoology import pack as packing
+    from zoology.config import load_points
+
+    runs = [exp for _, exp in load_points(experiment, list(overrides))]
+    groups: dict[str, list[Any]] = {}
+    for exp in runs:
+        groups.setdefault(packing.pack_key(exp), []).append(exp)
+    total_solo = total_packed = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, group in enumerate(groups.values()):
+            rep = group[0]
+            size = min(pack, len(group)) if packing.unpackable(rep) is None else 1
+            timed = _time_steps(rep, sorted({1, size}), steps, warmup, 3, os.path.join(tmp, str(i)), typical=True)
+            per_epoch = timed.steps_per_epoch
+            solo_step, evaluation = timed.seconds[1], timed.eval_seconds
+
+            solo = sum(timed.start[1] + e.train.max_epochs * per_epoch * solo_step + _besides_steps(e, timed) for e in group)
+            row: dict[str, Any] = {"group": rep.run_id, "runs": len(group), "steps_per_epoch": per_epoch,
+                                   "max_epochs": max(e.train.max_epochs for e in group),
+                                   "start_s": round(timed.start[1], 2), "solo_ms_per_step": round(solo_step * 1e3, 2),
+                                   "eval_s": round(evaluation, 2), "checkpoint_s": round(timed.checkpoint_seconds, 2),
+                                   "solo_estimate_s": round(solo, 2)}
+            packed = solo
+            if pack > 1:
+                if size in timed.seconds and size > 1:
+                    packs, _ = packing.plan([(None, e, None) for e in group], pack)
+                    packed = 0.0
+                    for p in packs:  # a pack of one trains solo; smaller packs are costed as the largest
+                        k = size if len(p) > 1 else 1
+                        packed += (timed.start[k] + max(e.train.max_epochs for _, e, _ in p) * per_epoch
+                                   * timed.seconds[k] + sum(_besides_steps(e, timed) for _, e, _ in p))
+                    row.update(pack=size, pack_start_s=round(timed.start[size], 2),
+                               pack_ms_per_step=round(timed.seconds[size] * 1e3, 2))
+                else:
+                    row.update(pack=1, note=timed.notes.get(size, packing.unpackable(rep) or "one run"))
+                row["packed_estimate_s"] = round(packed, 2)
+            total_solo, total_packed = total_solo + solo, total_packed + packed
+            yield row
+    total: dict[str, Any] = {"group": "total", "runs": len(runs), "solo_estimate_s": round(total_solo, 2),
+                             "solo_estimate": _duration(total_solo)}
+    if pack > 1:
+        total.update(packed_estimate_s=round(total_packed, 2), packed_estimate=_duration(total_packed),
+                     speedup=round(total_solo / total_packed, 2))
+    yield total
+
+
+def _besides_steps(exp: Any, timed: _Timed) -> float:
+    """Seconds of a run's evaluations (every epoch, and the final test) and checkpoints."""
+    every = exp.train.checkpoint_every
+    saves = -(-exp.train.max_epochs // every) if every else 0
+    return (exp.train.max_epochs + 1) * timed.eval_seconds + saves * timed.checkpoint_seconds
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{s:02d}"
 
 
 def _turn(members: list[Any], batches: list[list[Any]], warmup: int, unused: set[str]) -> Any:

@@ -387,14 +387,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_ops(args, bench)
     if args.length is not None or args.top is not None:
         raise UserError(f"bench {args.what}: --length and --top are for bench ops")
-    if args.what == "train":
+    if args.what in ("train", "sweep"):
         if len(args.names) != 1:
-            raise UserError("bench train: name one experiment TOML file")
-        if args.pack < 1 or args.steps < 1:
-            raise UserError("bench train: --pack and --steps must be at least 1")
-        gen = bench.bench_train(Path(args.names[0]), args.set, args.pack, args.steps)
-    elif args.set or args.pack != 1:
-        raise UserError(f"bench {args.what}: --set and --pack are for bench train")
+            raise UserError(f"bench {args.what}: name one experiment TOML file")
+        steps = args.steps or (50 if args.what == "train" else 10)
+        if args.pack < 1 or steps < 1:
+            raise UserError(f"bench {args.what}: --pack and --steps must be at least 1")
+        gen = (bench.bench_train if args.what == "train" else bench.bench_sweep)(
+            Path(args.names[0]), args.set, args.pack, steps)
+    elif args.set or args.pack != 1 or args.steps is not None:
+        raise UserError(f"bench {args.what}: --set, --pack and --steps are for bench train and bench sweep")
     elif args.rounds < 1:
         raise UserError(f"bench {args.what}: --rounds must be at least 1, got {args.rounds}")
     else:
@@ -549,21 +551,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=lambda a, kind=kind: _list(kind, a))
 
     p = sub.add_parser("bench", help="benchmarks: task generation speed, mixer throughput, training steps/s, "
-                                     "a mixer's step op by op")
-    p.add_argument("what", choices=["data", "mixers", "train", "ops"])
-    p.add_argument("names", nargs="*", help="only these tasks / mixers; for train: the experiment TOML file; "
-                                            "for ops: one mixer")
+                                     "a sweep's estimated wall time, a mixer's step op by op")
+    p.add_argument("what", choices=["data", "mixers", "train", "sweep", "ops"])
+    p.add_argument("names", nargs="*", help="only these tasks / mixers; for train and sweep: the experiment "
+                                            "TOML file; for ops: one mixer")
     p.add_argument("--length", type=int, metavar="L", help="ops: sequence length, 8,192 tokens a step (default: 256)")
     p.add_argument("--top", type=int, metavar="N", help="ops: rows shown, slowest first; 0: all (default: 30)")
     p.add_argument("--pack", type=int, default=1, metavar="K",
-                   help="train: also time K copies (seeds seed…seed+K-1) trained as one pack")
-    p.add_argument("--steps", type=int, default=50, metavar="N", help="train: timed steps per row")
+                   help="train: also time K copies (seeds seed…seed+K-1) trained as one pack; sweep: also "
+                        "estimate the sweep trained with --pack K")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="train: timed steps per row (default: 50); sweep: per group of runs (default: 10)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="mixers: where to time them (auto: the GPU if there is one)")
     p.add_argument("--rounds", type=int, default=5, metavar="N",
                    help="mixers: timing rounds, each one step of every mixer in turn; rows give the median")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="train: override a key of the experiment")
+                   help="train, sweep: override a key of the experiment")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-row progress on stderr")
