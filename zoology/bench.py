@@ -365,6 +365,7 @@ def bench_sweep(experiment: Path, overrides: list[str] = (), pack: int = 1, step
         groups.setdefault(packing.pack_key(exp), []).append(exp)
     total_solo = total_packed = 0.0
     with tempfile.TemporaryDirectory() as tmp:
+        _time_steps(runs[0], [1], 1, 1, 1, os.path.join(tmp, "warm"))  # the process's own first-use costs, untimed
         for i, group in enumerate(groups.values()):
             rep = group[0]
             size = min(pack, len(group)) if packing.unpackable(rep) is None else 1
