@@ -180,6 +180,28 @@ def test_selective_scan_under_vmap_matches_per_member(shared_A):
             _close(got[j], ref, 1e-12)
 
 
+def test_selective_scan_vmapped_forward_then_backward_matches_per_member():
+    """vmap over the forward only, then an ordinary backward() through it: the folded scan is
+    itself differentiated (its vmap rule applies the Function, not its bare forward)."""
+    from torch.func import vmap
+
+    torch.manual_seed(0)
+    k, b, l, di, n = 3, 2, 11, 6, 5
+    dt = F.softplus(torch.randn(k, b, l, di, dtype=F64)).requires_grad_()
+    A = (-torch.rand(k, di, n, dtype=F64) * 5).requires_grad_()
+    x, B, C = (torch.randn(k, b, l, s, dtype=F64, requires_grad=True) for s in (di, n, n))
+    inputs, w = (dt, A, x, B, C), torch.randn(k, b, l, di, dtype=F64)
+
+    def scan(*a):
+        return selective_scan(*a, block_elements=4 * b * di * n)
+
+    y = vmap(scan)(*inputs)
+    ref = torch.stack([scan(*(t[j] for t in inputs)) for j in range(k)])
+    _close(y, ref, 1e-14)
+    for g, g_ref in zip(_grads(y, inputs, w), _grads(ref, inputs, w)):
+        _close(g, g_ref, 1e-12)
+
+
 def test_mamba_forward_matches_recurrent_float64():
     torch.manual_seed(0)
     m = Mamba(16, d_state=4).double()

@@ -127,7 +127,9 @@ class _SelectiveScan(torch.autograd.Function):
         k = info.batch_size
         dt, x, B, C = (_fold(t, d, k, 0) for t, d in zip((dt, x, B, C), (in_dims[0], *in_dims[2:5])))
         A, _ = _per_example(A, in_dims[1], k, dt.shape[0] // k)
-        y, *saved = _SelectiveScan.forward(dt, A, x, B, C, _folded_block(block, k, dt))
+        # apply, not forward: the folded call may itself need autograd (vmap of a forward that
+        # backward() differentiates afterwards) or another transform's rule (nested vmap)
+        y, *saved = _SelectiveScan.apply(dt, A, x, B, C, _folded_block(block, k, dt))
         return (y.unflatten(0, (k, -1)), *(t.unflatten(1, (k, -1)) for t in saved)), (0, 1, 1, 1, 1, 1)
 
 
@@ -154,7 +156,7 @@ class _ScanGradient(torch.autograd.Function):
         gy = _fold(gy, in_dims[0], k, 0)
         dt, x, B, C, starts = (_fold(t, d, k, 1) for t, d in zip((dt, x, B, C, starts), in_dims[2:7]))
         A, shared = _per_example(A, in_dims[1], k, gy.shape[0] // k)
-        g_dt, g_A, g_x, g_B, g_C = _ScanGradient.forward(gy, A, dt, x, B, C, starts, _folded_block(block, k, gy))
+        g_dt, g_A, g_x, g_B, g_C = _ScanGradient.apply(gy, A, dt, x, B, C, starts, _folded_block(block, k, gy))
         g_A = g_A.unflatten(0, (k, -1))
         return (g_dt.unflatten(0, (k, -1)), g_A.sum(1) if shared else g_A, *(g.unflatten(0, (k, -1)) for g in
                 (g_x, g_B, g_C))), (0, 0, 0, 0, 0)
