@@ -271,9 +271,11 @@ def bench_train(experiment: Path, overrides: list[str] = (), pack: int = 1, step
 
 @attrs.define
 class _Timed:
-    seconds: dict[int, float]  # pack size (1: solo) → seconds per training step, the fastest turn's
+    """What :func:`_time_steps` measured of one experiment."""
+
+    seconds: dict[int, float]  # pack size (1: solo) → seconds per training step (fastest or median turn)
     notes: dict[int, str]  # pack size → why it could not be timed (the model cannot pack)
-    start: dict[int, float]  # pack size → one-off seconds before steady steps (a pack's probe, first steps)
+    start: dict[int, float]  # pack size → one-off seconds: data, models, a pack's probe, the first steps' extra
     eval_seconds: float  # one evaluation of the whole validation set, solo
     checkpoint_seconds: float  # one checkpoint written, solo
     steps_per_epoch: int  # optimizer steps in one training epoch
