@@ -75,8 +75,8 @@ class BigBird(_QKV):
         self.layer_idx, self.block_size, self.seed = layer_idx, block_size, seed
         self.window_blocks, self.global_blocks, self.random_blocks = window_blocks, global_blocks, random_blocks
         # row i: the key blocks of query block i, the same for every length: drawn once, up to the
-        # model's length here (so that a vmapped forward, packed training, only reads them)
-        # (host data, on the CPU even when the model is built on the meta device)
+        # model's length here, so that a vmapped forward (packed training) only reads them; host
+        # data, on the CPU even when the model is built on the meta device
         self._blocks = torch.zeros(0, window_blocks + global_blocks + random_blocks, dtype=torch.long, device="cpu")
         self._valid = torch.zeros(0, self._blocks.shape[1], dtype=torch.bool, device="cpu")
         self._grow(-(-max_seq_len // block_size))
