@@ -278,7 +278,7 @@ class _Timed:
     start: dict[int, float]  # pack size → one-off seconds: data, models, a pack's probe, the first steps' extra
     eval_seconds: float  # one evaluation of the whole validation set, solo
     checkpoint_seconds: float  # one checkpoint written, solo
-    steps_per_epoch: int  # optimizer steps in one training epoch
+    steps_per_epoch: int  # training batches (forward and backward each) in one epoch
 
 
 def _time_steps(exp: Any, sizes: list[int], steps: int, warmup: int, repeats: int, tmp: str,
@@ -317,7 +317,7 @@ def _time_steps(exp: Any, sizes: list[int], steps: int, warmup: int, repeats: in
             setup = time.perf_counter() - before  # the probe, data and models: once per run or pack
             if k == 1:
                 m = members[0]
-                per_epoch = len(m.train_loader) // exp.train.gradient_accumulation_steps
+                per_epoch = len(m.train_loader)  # batches: what a timed step is (accumulation included)
                 with m.precision.autocast():
                     t0 = time.perf_counter()
                     evaluate(m.model, m.valid_loader, m.splits["valid"], m.acc, "valid")
